@@ -1,0 +1,139 @@
+//! The Postgres pool and the single migration set both services apply at start.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::config::{ConfigError, Secret, Settings};
+
+/// `migrations/` at the workspace root, embedded into every binary that links
+/// this crate. sqlx serialises concurrent runs with a Postgres advisory lock, so
+/// several replicas starting at once apply each migration exactly once.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// How to reach Postgres.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// `DATABASE_URL`: may carry a password, so it is never printed.
+    pub url: Secret,
+    /// `DATABASE_MAX_CONNECTIONS` (10).
+    pub max_connections: u32,
+    /// `DATABASE_ACQUIRE_TIMEOUT_MS` (2000): how long a query waits for a
+    /// connection before the caller gets an error (ingest turns it into a 503).
+    pub acquire_timeout: Duration,
+    /// `DATABASE_STARTUP_TIMEOUT_SECS` (60): how long start-up keeps retrying an
+    /// unreachable database before giving up.
+    pub startup_timeout: Duration,
+}
+
+impl DatabaseSettings {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let url = settings.required("DATABASE_URL")?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        // Parse now, so a malformed URL stops the service with the setting's
+        // name. The URL is not echoed: it may hold a password.
+        PgConnectOptions::from_str(&url).map_err(|e| {
+            ConfigError::new(
+                "DATABASE_URL",
+                format!("not a valid Postgres URL ({})", error_kind(&e)),
+            )
+        })?;
+        Ok(Self {
+            url: Secret::new(url),
+            max_connections: settings.positive_or("DATABASE_MAX_CONNECTIONS", 10)? as u32,
+            acquire_timeout: settings.millis_or("DATABASE_ACQUIRE_TIMEOUT_MS", 2000)?,
+            startup_timeout: settings.secs_or("DATABASE_STARTUP_TIMEOUT_SECS", 60)?,
+        })
+    }
+
+    /// Settings for a given URL with the defaults, for tests and tools.
+    pub fn for_url(url: &str) -> Self {
+        Self {
+            url: Secret::new(url),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(2),
+            startup_timeout: Duration::from_secs(60),
+        }
+    }
+
+    pub fn connect_options(&self, application_name: &str) -> anyhow::Result<PgConnectOptions> {
+        Ok(PgConnectOptions::from_str(self.url.expose())
+            .map_err(|e| anyhow::anyhow!("DATABASE_URL: {}", error_kind(&e)))?
+            .application_name(application_name))
+    }
+}
+
+/// Describes a URL parse error without quoting the URL back.
+fn error_kind(e: &sqlx::Error) -> &'static str {
+    match e {
+        sqlx::Error::Configuration(_) => "bad scheme, host, port or option",
+        _ => "unparseable",
+    }
+}
+
+/// Connects (retrying while the database is unreachable, up to the start-up
+/// timeout) and applies pending migrations.
+pub async fn connect_and_migrate(
+    settings: &DatabaseSettings,
+    application_name: &str,
+) -> anyhow::Result<PgPool> {
+    let options = settings.connect_options(application_name)?;
+    let pool_options = PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout);
+    let retry = backoff::ExponentialBackoff {
+        initial_interval: Duration::from_millis(200),
+        max_interval: Duration::from_secs(5),
+        max_elapsed_time: Some(settings.startup_timeout),
+        ..Default::default()
+    };
+    let pool = backoff::future::retry_notify(
+        retry,
+        || async {
+            pool_options
+                .clone()
+                .connect_with(options.clone())
+                .await
+                .map_err(backoff::Error::transient)
+        },
+        |e: sqlx::Error, wait: Duration| {
+            tracing::warn!(error = %e, retry_in = ?wait, "database not reachable yet");
+        },
+    )
+    .await
+    .context("cannot connect to the database at DATABASE_URL")?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("cannot apply database migrations")?;
+    Ok(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_url_is_refused_without_echoing_it() {
+        let settings =
+            Settings::from_vars([("DATABASE_URL", "mysql://user:hunter2@host/db")]).unwrap();
+        let err = DatabaseSettings::from_settings(&settings).unwrap_err();
+        assert_eq!(err.setting, "DATABASE_URL");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn missing_url_names_the_setting() {
+        let settings = Settings::from_vars(Vec::<(String, String)>::new()).unwrap();
+        let err = DatabaseSettings::from_settings(&settings).unwrap_err();
+        assert_eq!(err.setting, "DATABASE_URL");
+    }
+}

@@ -1,0 +1,257 @@
+//! The event log: one append-only Postgres table that is the source of truth.
+//!
+//! Ingest appends verified webhooks in batches ([`append_batch`]); the relay
+//! publishes rows still marked unpublished ([`next_unpublished`],
+//! [`mark_published`]); replay reads everything back in `seq` order
+//! ([`read_after`]). Deduplication lives in the schema: a unique constraint on
+//! `(source, webhook_id)`, never an in-memory set.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, PgPool};
+
+/// A verified event about to be appended.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The configured source it came in on, e.g. `polar`.
+    pub source: String,
+    /// The `webhook-id` header: the same on every retry of one event.
+    pub webhook_id: String,
+    pub event_type: String,
+    pub partition_key: String,
+    pub occurred_at: DateTime<Utc>,
+    /// The body exactly as received and signed.
+    pub body: bytes::Bytes,
+}
+
+/// What became of one appended event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// A new row was written with this sequence number.
+    New { seq: i64 },
+    /// The `(source, webhook_id)` was already in the log (or earlier in the same
+    /// batch) under this sequence number; nothing was written.
+    Duplicate { seq: i64 },
+}
+
+impl Appended {
+    pub fn seq(self) -> i64 {
+        match self {
+            Self::New { seq } | Self::Duplicate { seq } => seq,
+        }
+    }
+}
+
+/// An event read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedEvent {
+    pub seq: i64,
+    pub source: String,
+    pub webhook_id: String,
+    pub event_type: String,
+    pub partition_key: String,
+    pub occurred_at: DateTime<Utc>,
+    pub body: Vec<u8>,
+}
+
+/// Appends a batch in one multi-row insert, which is one commit. Copies of one
+/// `(source, webhook_id)` within the batch, or already in the log, or being
+/// inserted by a concurrent batch, all resolve to the one row that wins.
+///
+/// Returns one outcome per input event, in input order.
+pub async fn append_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Vec<Appended>> {
+    // First occurrence of each key in the batch; later copies point at it.
+    let mut first_of: HashMap<(&str, &str), usize> = HashMap::with_capacity(events.len());
+    let mut unique: Vec<usize> = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        first_of
+            .entry((e.source.as_str(), e.webhook_id.as_str()))
+            .or_insert_with(|| {
+                unique.push(i);
+                i
+            });
+    }
+
+    let column =
+        |f: fn(&NewEvent) -> &str| -> Vec<&str> { unique.iter().map(|&i| f(&events[i])).collect() };
+    let sources = column(|e| &e.source);
+    let webhook_ids = column(|e| &e.webhook_id);
+    let event_types = column(|e| &e.event_type);
+    let keys = column(|e| &e.partition_key);
+    let occurred: Vec<DateTime<Utc>> = unique.iter().map(|&i| events[i].occurred_at).collect();
+    let bodies: Vec<&[u8]> = unique.iter().map(|&i| &events[i].body[..]).collect();
+
+    // ON CONFLICT DO NOTHING waits for a concurrent uncommitted insert of the
+    // same key and then skips it, so racing batches never both win.
+    let inserted = sqlx::query!(
+        r#"
+        insert into event_log (source, webhook_id, event_type, partition_key, occurred_at, body)
+        select source, webhook_id, event_type, partition_key, occurred_at, body
+        from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bytea[])
+            with ordinality as batch(source, webhook_id, event_type, partition_key, occurred_at, body, position)
+        order by position
+        on conflict (source, webhook_id) do nothing
+        returning seq, source, webhook_id
+        "#,
+        &sources as &[&str],
+        &webhook_ids as &[&str],
+        &event_types as &[&str],
+        &keys as &[&str],
+        &occurred,
+        &bodies as &[&[u8]],
+    )
+    .fetch_all(pool)
+    .await?;
+
+    let mut seq_of: HashMap<(&str, &str), Appended> = HashMap::with_capacity(events.len());
+    for row in &inserted {
+        // Borrow the key from the input, not the row, to keep one lifetime.
+        if let Some(&i) = first_of.get(&(row.source.as_str(), row.webhook_id.as_str())) {
+            let e = &events[i];
+            seq_of.insert(
+                (e.source.as_str(), e.webhook_id.as_str()),
+                Appended::New { seq: row.seq },
+            );
+        }
+    }
+
+    if seq_of.len() < unique.len() {
+        // Some were already there. A fresh statement sees rows that concurrent
+        // batches committed while our insert waited on them.
+        let missing: Vec<usize> = unique
+            .iter()
+            .copied()
+            .filter(|&i| {
+                !seq_of.contains_key(&(events[i].source.as_str(), events[i].webhook_id.as_str()))
+            })
+            .collect();
+        let m_sources: Vec<&str> = missing.iter().map(|&i| events[i].source.as_str()).collect();
+        let m_ids: Vec<&str> = missing
+            .iter()
+            .map(|&i| events[i].webhook_id.as_str())
+            .collect();
+        let existing = sqlx::query!(
+            r#"
+            select l.seq, l.source, l.webhook_id
+            from event_log l
+            join unnest($1::text[], $2::text[]) as wanted(source, webhook_id)
+              on l.source = wanted.source and l.webhook_id = wanted.webhook_id
+            "#,
+            &m_sources as &[&str],
+            &m_ids as &[&str],
+        )
+        .fetch_all(pool)
+        .await?;
+        for row in &existing {
+            if let Some(&i) = first_of.get(&(row.source.as_str(), row.webhook_id.as_str())) {
+                let e = &events[i];
+                seq_of.insert(
+                    (e.source.as_str(), e.webhook_id.as_str()),
+                    Appended::Duplicate { seq: row.seq },
+                );
+            }
+        }
+    }
+
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let key = (e.source.as_str(), e.webhook_id.as_str());
+            let outcome = seq_of.get(&key).copied().ok_or_else(|| {
+                // Only possible if a row vanished between the two statements,
+                // which an append-only table does not allow.
+                sqlx::Error::Protocol(format!(
+                    "event_log row for webhook-id {} neither inserted nor found",
+                    e.webhook_id
+                ))
+            })?;
+            let is_first_copy = first_of.get(&key) == Some(&i);
+            Ok(match outcome {
+                Appended::New { seq } if !is_first_copy => Appended::Duplicate { seq },
+                other => other,
+            })
+        })
+        .collect()
+}
+
+/// The oldest unpublished rows, in `seq` order, at most `limit`.
+///
+/// Rows committed out of `seq` order (a slow transaction holding a low seq) are
+/// found on a later call because the query asks for every unpublished row, not
+/// for rows after a cursor.
+pub async fn next_unpublished(
+    executor: impl PgExecutor<'_>,
+    limit: i64,
+) -> sqlx::Result<Vec<LoggedEvent>> {
+    sqlx::query_as!(
+        LoggedEvent,
+        r#"
+        select seq, source, webhook_id, event_type, partition_key, occurred_at, body
+        from event_log
+        where published_at is null
+        order by seq
+        limit $1
+        "#,
+        limit
+    )
+    .fetch_all(executor)
+    .await
+}
+
+/// Marks rows as published after Kafka has acknowledged them.
+pub async fn mark_published(executor: impl PgExecutor<'_>, seqs: &[i64]) -> sqlx::Result<u64> {
+    let done = sqlx::query!(
+        "update event_log set published_at = now() where seq = any($1) and published_at is null",
+        seqs
+    )
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Up to `limit` events with `seq > after`, in `seq` order: replay's reader.
+pub async fn read_after(
+    executor: impl PgExecutor<'_>,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<LoggedEvent>> {
+    sqlx::query_as!(
+        LoggedEvent,
+        r#"
+        select seq, source, webhook_id, event_type, partition_key, occurred_at, body
+        from event_log
+        where seq > $1
+        order by seq
+        limit $2
+        "#,
+        after,
+        limit
+    )
+    .fetch_all(executor)
+    .await
+}
+
+/// How far the relay is behind: unpublished rows and the age of the oldest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backlog {
+    pub unpublished: i64,
+    pub oldest_received_at: Option<DateTime<Utc>>,
+}
+
+pub async fn backlog(executor: impl PgExecutor<'_>) -> sqlx::Result<Backlog> {
+    let row = sqlx::query!(
+        r#"
+        select count(*) as "unpublished!", min(received_at) as oldest
+        from event_log
+        where published_at is null
+        "#
+    )
+    .fetch_one(executor)
+    .await?;
+    Ok(Backlog {
+        unpublished: row.unpublished,
+        oldest_received_at: row.oldest,
+    })
+}

@@ -1,0 +1,72 @@
+//! Structured logging, set up once per process from `RUST_LOG` and `LOG_FORMAT`.
+
+use std::str::FromStr;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{ConfigError, Settings};
+
+/// How log lines are written to standard output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    Text,
+    /// One JSON object per line, for a log pipeline.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err("expected `text` or `json`".to_owned()),
+        }
+    }
+}
+
+/// The logging settings both services read.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// `LOG_FORMAT` (`text`).
+    pub format: LogFormat,
+    /// `RUST_LOG` (`info`): an `EnvFilter` directive.
+    pub filter: String,
+}
+
+impl LogSettings {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let format = settings.parse_or("LOG_FORMAT", LogFormat::Text)?;
+        let filter = settings
+            .get("RUST_LOG")?
+            .unwrap_or_else(|| "info".to_owned());
+        // Validate here so a typo stops the service with the setting's name
+        // instead of silently logging nothing.
+        EnvFilter::try_new(&filter).map_err(|e| ConfigError::new("RUST_LOG", e.to_string()))?;
+        Ok(Self { format, filter })
+    }
+}
+
+/// Installs the global subscriber. Later calls are ignored, so tests and
+/// embedded runs that start several services in one process can all call it.
+pub fn init(settings: &LogSettings) {
+    let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
+    let _ = match settings.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// For tests: logs to the test harness's captured output, at `RUST_LOG` or `warn`.
+pub fn init_for_tests() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

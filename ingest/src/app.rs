@@ -1,0 +1,140 @@
+//! The ingest service as one value tests and `main` both run:
+//! [`Application::build`] binds the port and starts the moving parts,
+//! [`Application::run_until_stopped`] serves until the token is cancelled and
+//! then shuts down in order.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use hookstream_shared::db;
+
+use crate::appender::Appender;
+use crate::config::IngestConfig;
+use crate::http::{AppState, router};
+use crate::metrics::IngestMetrics;
+use crate::relay::Relay;
+use crate::signature::{SigningKeys, Verifier};
+
+/// A built, not yet serving, ingest service.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    address: SocketAddr,
+    state: AppState,
+    batcher: JoinHandle<()>,
+    relay: Relay,
+    config: IngestConfig,
+}
+
+impl Application {
+    /// Connects to Postgres (applying migrations), prepares the Kafka producer
+    /// and binds the listen address (port 0 picks a free port).
+    pub async fn build(config: IngestConfig) -> anyhow::Result<Self> {
+        let pool = db::connect_and_migrate(&config.database, "hookstream-ingest").await?;
+        Self::build_with_pool(config, pool).await
+    }
+
+    /// As [`Application::build`], on a pool the caller made (tests use one per test database).
+    pub async fn build_with_pool(config: IngestConfig, pool: PgPool) -> anyhow::Result<Self> {
+        let metrics = IngestMetrics::new();
+        let mut sources = HashMap::new();
+        for source in &config.sources {
+            let keys = SigningKeys::derive(source.key_rule, &source.secrets)
+                .map_err(|e| anyhow::anyhow!("source {}: {e}", source.name))?;
+            sources.insert(source.name.clone(), Verifier::new(keys, config.tolerance));
+        }
+        let relay = Relay::new(
+            pool.clone(),
+            // The relay holds its leader lock on a connection of its own, to
+            // the same database as the pool.
+            (*pool.connect_options())
+                .clone()
+                .application_name("hookstream-ingest-relay"),
+            config.kafka.clone(),
+            config.relay.clone(),
+            metrics.clone(),
+        )?;
+        let (appender, batcher) =
+            Appender::start(pool.clone(), config.batch.clone(), metrics.clone());
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on INGEST_LISTEN={}", config.listen))?;
+        let address = listener.local_addr()?;
+        let state = AppState {
+            sources: Arc::new(sources),
+            appender,
+            pool,
+            metrics,
+            limits: config.http.clone(),
+            in_flight: Arc::new(Semaphore::new(config.http.max_in_flight)),
+        };
+        Ok(Self {
+            listener,
+            address,
+            state,
+            batcher,
+            relay,
+            config,
+        })
+    }
+
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    pub fn metrics(&self) -> IngestMetrics {
+        self.state.metrics.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then: stops accepting, lets
+    /// in-flight requests finish (their batches commit), lets the relay publish
+    /// what it can, flushes the producer.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            address,
+            state,
+            batcher,
+            relay,
+            config,
+        } = self;
+        tracing::info!(%address, sources = ?config.sources.iter().map(|s| &s.name).collect::<Vec<_>>(), "ingest listening");
+        let pool = state.pool.clone();
+        let relay_stop = CancellationToken::new();
+        let relay_task = tokio::spawn(relay.run(relay_stop.clone(), config.shutdown_grace));
+
+        let app = router(state);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .context("HTTP server failed")?;
+        // The router and every Appender clone are gone now, so the batcher
+        // drains its queue and returns once the last batch has committed.
+        if tokio::time::timeout(config.shutdown_grace, batcher)
+            .await
+            .is_err()
+        {
+            tracing::warn!("batches still committing at the end of the grace period");
+        }
+        relay_stop.cancel();
+        if relay_task.await.is_err() {
+            tracing::error!("relay task panicked");
+        }
+        pool.close().await;
+        tracing::info!("ingest stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,332 @@
+//! Ingest's typed configuration, validated at start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hookstream_shared::config::{ConfigError, Secret, Settings};
+use hookstream_shared::db::DatabaseSettings;
+use hookstream_shared::kafka::KafkaSettings;
+use hookstream_shared::telemetry::LogSettings;
+
+use crate::signature::{KeyRule, SigningKeys};
+
+/// Everything ingest needs, read once at start.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// `INGEST_LISTEN` (`0.0.0.0:8080`).
+    pub listen: SocketAddr,
+    pub database: DatabaseSettings,
+    pub kafka: KafkaSettings,
+    /// The webhook sources, each at `POST /webhooks/{name}`.
+    pub sources: Vec<SourceConfig>,
+    /// `WEBHOOK_TOLERANCE_SECS` (300): how far `webhook-timestamp` may be from now.
+    pub tolerance: Duration,
+    pub http: HttpSettings,
+    pub batch: BatchSettings,
+    pub relay: RelaySettings,
+    pub log: LogSettings,
+    /// `SHUTDOWN_GRACE_SECS` (20): how long shutdown waits for in-flight
+    /// batches and the relay's last publish before giving up.
+    pub shutdown_grace: Duration,
+}
+
+/// One webhook source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// The path segment, e.g. `polar`.
+    pub name: String,
+    pub key_rule: KeyRule,
+    /// Several during a rotation; a signature by any of them is accepted.
+    pub secrets: Vec<Secret>,
+}
+
+/// Limits on each webhook request.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// `INGEST_MAX_BODY_BYTES` (1 MiB): larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// `INGEST_MAX_IN_FLIGHT` (2048): webhook requests being read, verified
+    /// or waiting for their commit; more get 503 at once.
+    pub max_in_flight: usize,
+    /// `INGEST_BODY_TIMEOUT_MS` (10000): a body not fully received by then gets 408.
+    pub body_timeout: Duration,
+}
+
+/// Group commit: how requests are coalesced into batches.
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    /// `INGEST_MAX_BATCH` (512): events per insert.
+    pub max_batch: usize,
+    /// `INGEST_BATCH_LINGER_US` (0): how long a batch may wait for more events
+    /// when a commit slot is free. Batches grow on their own under load, while
+    /// the slots are busy, so the default adds no latency.
+    pub linger: Duration,
+    /// `INGEST_COMMIT_CONCURRENCY` (4): batches committing at once.
+    pub commit_concurrency: usize,
+    /// `INGEST_QUEUE_CAPACITY` (8192): events waiting for a batch; when full,
+    /// requests get 503 with `Retry-After`.
+    pub queue_capacity: usize,
+    /// `INGEST_APPEND_TIMEOUT_MS` (5000): a request waiting longer for its
+    /// commit gets 503 (Polar retries; the event is deduplicated if it landed).
+    pub append_timeout: Duration,
+}
+
+/// Publishing the log to Kafka.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// `RELAY_BATCH_SIZE` (1000): rows read and published per round.
+    pub batch_size: usize,
+    /// `RELAY_POLL_INTERVAL_MS` (1000): fallback poll when no notification arrives.
+    pub poll_interval: Duration,
+    /// `RELAY_STANDBY_RETRY_MS` (2000): how often a standby replica tries to lead.
+    pub standby_retry: Duration,
+    /// `KAFKA_MESSAGE_TIMEOUT_MS` (30000): librdkafka's delivery timeout.
+    pub message_timeout: Duration,
+}
+
+impl IngestConfig {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let listen = settings.parse_or("INGEST_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8080)))?;
+        let kafka = KafkaSettings::from_settings(settings)?;
+        if kafka.brokers.is_none() {
+            return Err(ConfigError::new(
+                "KAFKA_BROKERS",
+                "is required by `ingest` (the local launcher `hookstream` starts an embedded broker)",
+            ));
+        }
+        let message_timeout = settings.millis_or("KAFKA_MESSAGE_TIMEOUT_MS", 30_000)?;
+        if message_timeout < Duration::from_millis(1000) {
+            return Err(ConfigError::new(
+                "KAFKA_MESSAGE_TIMEOUT_MS",
+                "must be at least 1000",
+            ));
+        }
+        Ok(Self {
+            listen,
+            database: DatabaseSettings::from_settings(settings)?,
+            kafka,
+            sources: sources_from_settings(settings)?,
+            tolerance: settings.secs_or("WEBHOOK_TOLERANCE_SECS", 300)?,
+            http: HttpSettings {
+                max_body_bytes: settings.positive_or("INGEST_MAX_BODY_BYTES", 1024 * 1024)?,
+                max_in_flight: settings.positive_or("INGEST_MAX_IN_FLIGHT", 2048)?,
+                body_timeout: settings.millis_or("INGEST_BODY_TIMEOUT_MS", 10_000)?,
+            },
+            batch: BatchSettings {
+                max_batch: settings.positive_or("INGEST_MAX_BATCH", 512)?,
+                linger: Duration::from_micros(settings.parse_or("INGEST_BATCH_LINGER_US", 0)?),
+                commit_concurrency: settings.positive_or("INGEST_COMMIT_CONCURRENCY", 4)?,
+                queue_capacity: settings.positive_or("INGEST_QUEUE_CAPACITY", 8192)?,
+                append_timeout: settings.millis_or("INGEST_APPEND_TIMEOUT_MS", 5000)?,
+            },
+            relay: RelaySettings {
+                batch_size: settings.positive_or("RELAY_BATCH_SIZE", 1000)?,
+                poll_interval: settings.millis_or("RELAY_POLL_INTERVAL_MS", 1000)?,
+                standby_retry: settings.millis_or("RELAY_STANDBY_RETRY_MS", 2000)?,
+                message_timeout,
+            },
+            log: LogSettings::from_settings(settings)?,
+            shutdown_grace: settings.secs_or("SHUTDOWN_GRACE_SECS", 20)?,
+        })
+    }
+}
+
+/// `polar` from `POLAR_WEBHOOK_SECRET`, others from the file's `[sources.<name>]`
+/// tables (`key_rule`, and `secrets = [...]` or `secrets_env = "VAR"`).
+fn sources_from_settings(settings: &Settings) -> Result<Vec<SourceConfig>, ConfigError> {
+    let mut sources = Vec::new();
+    let polar_secrets = settings.list("POLAR_WEBHOOK_SECRET")?;
+    if !polar_secrets.is_empty() {
+        let key_rule = settings.parse_or("POLAR_WEBHOOK_KEY_RULE", KeyRule::Polar)?;
+        sources.push(checked_source(
+            "polar",
+            key_rule,
+            polar_secrets,
+            "POLAR_WEBHOOK_SECRET",
+        )?);
+    }
+    if let Some(table) = settings.file_table("sources") {
+        for (name, spec) in table {
+            let setting = format!("sources.{name}");
+            if name == "polar" && !sources.is_empty() {
+                return Err(ConfigError::new(
+                    setting,
+                    "`polar` is already configured by POLAR_WEBHOOK_SECRET",
+                ));
+            }
+            let spec = spec
+                .as_table()
+                .ok_or_else(|| ConfigError::new(&setting, "must be a table"))?;
+            let key_rule = match spec.get("key_rule") {
+                None => KeyRule::Standard,
+                Some(v) => v
+                    .as_str()
+                    .ok_or_else(|| {
+                        ConfigError::new(format!("{setting}.key_rule"), "must be a string")
+                    })?
+                    .parse()
+                    .map_err(|e| ConfigError::new(format!("{setting}.key_rule"), e))?,
+            };
+            let (secrets, secrets_setting) = match (spec.get("secrets"), spec.get("secrets_env")) {
+                (Some(list), None) => {
+                    let items = list.as_array().ok_or_else(|| {
+                        ConfigError::new(format!("{setting}.secrets"), "must be a list of strings")
+                    })?;
+                    let secrets = items
+                        .iter()
+                        .map(|v| v.as_str().map(str::to_owned))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| {
+                            ConfigError::new(
+                                format!("{setting}.secrets"),
+                                "must be a list of strings",
+                            )
+                        })?;
+                    (secrets, format!("{setting}.secrets"))
+                }
+                (None, Some(var)) => {
+                    let var = var.as_str().ok_or_else(|| {
+                        ConfigError::new(
+                            format!("{setting}.secrets_env"),
+                            "must be a variable name",
+                        )
+                    })?;
+                    (settings.list(var)?, var.to_owned())
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        setting,
+                        "needs exactly one of `secrets` or `secrets_env`",
+                    ));
+                }
+            };
+            sources.push(checked_source(name, key_rule, secrets, &secrets_setting)?);
+        }
+    }
+    if sources.is_empty() {
+        return Err(ConfigError::new(
+            "POLAR_WEBHOOK_SECRET",
+            "is required: the Polar endpoint secret (several comma-separated during a rotation)",
+        ));
+    }
+    Ok(sources)
+}
+
+fn checked_source(
+    name: &str,
+    key_rule: KeyRule,
+    secrets: Vec<String>,
+    setting: &str,
+) -> Result<SourceConfig, ConfigError> {
+    let valid_name = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !valid_name {
+        return Err(ConfigError::new(
+            format!("sources.{name}"),
+            "source names use 1 to 64 of a-z, 0-9, `_` and `-`",
+        ));
+    }
+    let secrets: Vec<Secret> = secrets.into_iter().map(Secret::new).collect();
+    SigningKeys::derive(key_rule, &secrets)
+        .map_err(|problem| ConfigError::new(setting, problem))?;
+    Ok(SourceConfig {
+        name: name.to_owned(),
+        key_rule,
+        secrets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Vec<(String, String)> {
+        [
+            ("DATABASE_URL", "postgres://localhost/x"),
+            ("KAFKA_BROKERS", "localhost:9092"),
+            (
+                "POLAR_WEBHOOK_SECRET",
+                "polar_whs_abc, whsec_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK",
+            ),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn with(overrides: &[(&str, &str)]) -> Result<IngestConfig, ConfigError> {
+        let mut vars = base();
+        for (k, v) in overrides {
+            vars.retain(|(name, _)| name != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        IngestConfig::from_settings(&Settings::from_vars(vars).unwrap())
+    }
+
+    #[test]
+    fn defaults_and_rotation() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.sources.len(), 1);
+        assert_eq!(c.sources[0].name, "polar");
+        assert_eq!(c.sources[0].secrets.len(), 2);
+        assert_eq!(c.http.max_body_bytes, 1 << 20);
+        assert_eq!(c.tolerance, Duration::from_secs(300));
+        assert!(!format!("{c:?}").contains("polar_whs_abc"));
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        for (name, value) in [
+            ("INGEST_LISTEN", "localhost"),
+            ("KAFKA_BROKERS", ""),
+            ("POLAR_WEBHOOK_SECRET", ""),
+            ("POLAR_WEBHOOK_KEY_RULE", "hmac"),
+            ("WEBHOOK_TOLERANCE_SECS", "-1"),
+            ("INGEST_MAX_BODY_BYTES", "0"),
+            ("INGEST_MAX_BATCH", "many"),
+            ("KAFKA_MESSAGE_TIMEOUT_MS", "10"),
+            ("LOG_FORMAT", "xml"),
+            ("DATABASE_URL", "http://x"),
+        ] {
+            let err = with(&[(name, value)]).unwrap_err();
+            assert_eq!(err.setting, name, "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn standard_rule_needs_base64_secret() {
+        let err = with(&[
+            ("POLAR_WEBHOOK_KEY_RULE", "standard"),
+            ("POLAR_WEBHOOK_SECRET", "polar_whs_abc"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.setting, "POLAR_WEBHOOK_SECRET");
+        assert!(!err.to_string().contains("polar_whs_abc"));
+    }
+
+    #[test]
+    fn sources_from_file() {
+        let path =
+            std::env::temp_dir().join(format!("ingest-sources-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(
+            &path,
+            "[sources.acme]\nkey_rule = \"standard\"\nsecrets_env = \"ACME_SECRETS\"\n[sources.other]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+        )
+        .unwrap();
+        let path_str = path.to_str().unwrap().to_owned();
+        let c = with(&[
+            ("HOOKSTREAM_CONFIG", &path_str),
+            ("ACME_SECRETS", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+        ])
+        .unwrap();
+        let names: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, vec!["polar", "acme", "other"]);
+        let err = with(&[("HOOKSTREAM_CONFIG", &path_str)]).unwrap_err();
+        assert_eq!(err.setting, "ACME_SECRETS");
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -1,0 +1,213 @@
+//! The HTTP surface: `POST /webhooks/{source}`, health, readiness, metrics.
+//!
+//! The webhook handler runs the checks in a fixed order (source, size,
+//! signature, content type, envelope) and touches the database only for an
+//! event that passed all of them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tracing::Instrument as _;
+
+use hookstream_shared::envelope;
+use hookstream_shared::event_log::Appended;
+use hookstream_shared::http::{error_response, healthz, metrics_response, readyz};
+
+use crate::appender::Appender;
+use crate::config::HttpSettings;
+use crate::error::{IngestError, Result};
+use crate::metrics::IngestMetrics;
+use crate::signature::Verifier;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub sources: Arc<HashMap<String, Verifier>>,
+    pub appender: Appender,
+    pub pool: PgPool,
+    pub metrics: IngestMetrics,
+    pub limits: HttpSettings,
+    /// Bounds webhook requests in flight; when none is free, 503 at once.
+    pub in_flight: Arc<Semaphore>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/webhooks/{source}", post(receive_webhook))
+        .route("/healthz", get(healthz))
+        .route(
+            "/readyz",
+            get(|State(s): State<AppState>| async move { readyz(&s.pool).await }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<AppState>| async move { metrics_response(&s.metrics.registry) }),
+        )
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(state)
+}
+
+/// The body of a 200: whether the event was new, and its place in the log.
+#[derive(Debug, Serialize)]
+struct Accepted {
+    status: &'static str,
+    seq: i64,
+}
+
+async fn receive_webhook(
+    State(state): State<AppState>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    // Unknown sources are counted under one label so a scan of random paths
+    // cannot blow up the metric's cardinality.
+    let source_label = if state.sources.contains_key(&source) {
+        source.as_str()
+    } else {
+        "unknown"
+    };
+    match handle(&state, &source, &headers, body).await {
+        Ok(appended) => {
+            let status = match appended {
+                Appended::New { .. } => "accepted",
+                Appended::Duplicate { .. } => "duplicate",
+            };
+            state
+                .metrics
+                .requests
+                .with_label_values(&[source_label, status])
+                .inc();
+            state
+                .metrics
+                .request_seconds
+                .observe(started.elapsed().as_secs_f64());
+            tracing::debug!(source = %source, seq = appended.seq(), status, "webhook stored");
+            (
+                StatusCode::OK,
+                axum::Json(Accepted {
+                    status,
+                    seq: appended.seq(),
+                }),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            state
+                .metrics
+                .requests
+                .with_label_values(&[source_label, e.outcome()])
+                .inc();
+            if let IngestError::Unverified(reason) = &e {
+                state
+                    .metrics
+                    .verification_failures
+                    .with_label_values(&[source_label, reason.reason()])
+                    .inc();
+            }
+            tracing::debug!(source = %source_label, error = %e, "webhook refused");
+            e.into_response()
+        }
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    source: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Appended> {
+    let verifier = state
+        .sources
+        .get(source)
+        .ok_or(IngestError::UnknownSource)?;
+    let _slot = state
+        .in_flight
+        .try_acquire()
+        .map_err(|_| IngestError::Overloaded)?;
+
+    let limit = state.limits.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(IngestError::PayloadTooLarge { limit });
+    }
+    let body =
+        match tokio::time::timeout(state.limits.body_timeout, axum::body::to_bytes(body, limit))
+            .await
+        {
+            Err(_) => return Err(IngestError::BodyTimeout),
+            Ok(Err(e)) if is_length_limit(&e) => {
+                return Err(IngestError::PayloadTooLarge { limit });
+            }
+            Ok(Err(_)) => return Err(IngestError::BodyUnreadable),
+            Ok(Ok(bytes)) => bytes,
+        };
+
+    let webhook = verifier.verify(headers, body, unix_now())?;
+
+    if !is_json_content_type(headers) {
+        return Err(IngestError::UnsupportedMediaType);
+    }
+    let envelope = envelope::parse(webhook.body())?;
+    let span = tracing::debug_span!("append", webhook_id = %webhook.webhook_id(), event_type = %envelope.event_type);
+    Ok(state
+        .appender
+        .append(source, webhook, envelope)
+        .instrument(span)
+        .await?)
+}
+
+/// A missing content type is tolerated (the signature already proves the
+/// sender); a declared non-JSON one is refused.
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    let Some(value) = values.next() else {
+        return true;
+    };
+    if values.next().is_some() {
+        return false;
+    }
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

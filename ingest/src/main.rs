@@ -1,0 +1,29 @@
+//! `ingest`: runs the webhook ingest service. Configuration comes from the
+//! environment (see README and deploy/README.md).
+
+use hookstream_ingest::{Application, IngestConfig};
+use hookstream_shared::{config::Settings, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = match Settings::from_env().and_then(|s| IngestConfig::from_settings(&s)) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ingest: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init(&config.log);
+    let result = async {
+        let app = Application::build(config).await?;
+        app.run_until_stopped(shutdown::on_signal()).await
+    }
+    .await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "ingest failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

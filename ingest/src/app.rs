@@ -32,6 +32,8 @@ pub struct Application {
     batcher: JoinHandle<()>,
     relay: Relay,
     config: IngestConfig,
+    /// Whether the pool was made here (and so is closed here on shutdown).
+    owns_pool: bool,
 }
 
 impl Application {
@@ -39,7 +41,11 @@ impl Application {
     /// and binds the listen address (port 0 picks a free port).
     pub async fn build(config: IngestConfig) -> anyhow::Result<Self> {
         let pool = db::connect_and_migrate(&config.database, "hookstream-ingest").await?;
-        Self::build_with_pool(config, pool).await
+        let app = Self::build_with_pool(config, pool).await?;
+        Ok(Self {
+            owns_pool: true,
+            ..app
+        })
     }
 
     /// As [`Application::build`], on a pool the caller made (tests use one per test database).
@@ -83,6 +89,7 @@ impl Application {
             batcher,
             relay,
             config,
+            owns_pool: false,
         })
     }
 
@@ -110,6 +117,7 @@ impl Application {
             batcher,
             relay,
             config,
+            owns_pool,
         } = self;
         tracing::info!(%address, sources = ?config.sources.iter().map(|s| &s.name).collect::<Vec<_>>(), "ingest listening");
         let pool = state.pool.clone();
@@ -133,7 +141,9 @@ impl Application {
         if relay_task.await.is_err() {
             tracing::error!("relay task panicked");
         }
-        pool.close().await;
+        if owns_pool {
+            pool.close().await;
+        }
         tracing::info!("ingest stopped");
         Ok(())
     }

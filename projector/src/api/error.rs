@@ -1,0 +1,71 @@
+//! Read API errors, in the shapes Polar's SDK expects.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// A failed read.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Unknown or deleted: Polar's `ResourceNotFound`.
+    #[error("not found")]
+    NotFound,
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// Bad query parameters: Polar's `HTTPValidationError` (422), one entry per problem.
+    #[error("invalid request")]
+    Validation(Vec<(String, String)>),
+    /// Logged with its cause; the client sees only that something failed.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
+impl ApiError {
+    /// One validation problem with a query parameter.
+    pub fn invalid(parameter: &str, message: impl Into<String>) -> Self {
+        Self::Validation(vec![(parameter.to_owned(), message.into())])
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::NotFound => (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "ResourceNotFound", "detail": "Not found"})),
+            )
+                .into_response(),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": "Unauthorized", "detail": "Missing or invalid bearer token"})),
+            )
+                .into_response(),
+            Self::Validation(problems) => {
+                let detail: Vec<_> = problems
+                    .into_iter()
+                    .map(|(parameter, msg)| json!({"loc": ["query", parameter], "msg": msg, "type": "value_error"}))
+                    .collect();
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    Json(json!({ "detail": detail })),
+                )
+                    .into_response()
+            }
+            Self::Internal(e) => {
+                tracing::error!(error = format!("{e:#}"), "read API failure");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(json!({"error": "InternalServerError", "detail": "The projector could not answer"})),
+                )
+                    .into_response()
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The read API, in Polar's own shapes (polar-sdk 1.0.2, API 2026-10), so an
+//! app can point Polar's SDK at the projector with `base_url`.
+//!
+//! Every `/v1` route needs a bearer token from `PROJECTOR_API_TOKENS`. Reads go
+//! through the views in the `projection` schema, which always point at the live
+//! generation. Answers are built as JSON text by Postgres and passed through
+//! without being parsed here.
+
+mod benefit_grants;
+mod customers;
+mod entitlements;
+mod error;
+mod params;
+mod subscriptions;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+
+use hookstream_shared::config::Secret;
+use hookstream_shared::http::{error_response, healthz, metrics_response, readyz};
+
+use crate::metrics::ProjectorMetrics;
+
+pub use error::ApiError;
+
+/// What every read handler shares.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub pool: PgPool,
+    pub tokens: Arc<Vec<Secret>>,
+    pub metrics: ProjectorMetrics,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/customers/{id}/state", get(customers::state_by_id))
+        .route(
+            "/v1/customers/external/{external_id}/state",
+            get(customers::state_by_external_id),
+        )
+        .route("/v1/subscriptions/{id}", get(subscriptions::get_one))
+        .route("/v1/subscriptions/", get(subscriptions::list))
+        .route("/v1/subscriptions", get(subscriptions::list))
+        .route("/v1/benefit-grants/", get(benefit_grants::list))
+        .route("/v1/benefit-grants", get(benefit_grants::list))
+        .route("/v1/entitlements/check", get(entitlements::check))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(healthz))
+        .route(
+            "/readyz",
+            get(|State(s): State<ApiState>| async move { readyz(&s.pool).await }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<ApiState>| async move { metrics_response(&s.metrics.registry) }),
+        )
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
+        .with_state(state)
+}
+
+/// Accepts `Authorization: Bearer <token>` for any configured token, compared
+/// in constant time.
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let mut matched = subtle::Choice::from(0u8);
+    for token in state.tokens.iter() {
+        matched |= token.expose().as_bytes().ct_eq(presented.as_bytes());
+    }
+    if bool::from(matched) {
+        next.run(request).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+async fn record_metrics(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .api_seconds
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .api_requests
+        .with_label_values(&[&route, response.status().as_str()])
+        .inc();
+    response
+}
+
+/// A JSON text built by Postgres, sent as is.
+fn json_text(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+}

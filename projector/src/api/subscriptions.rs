@@ -1,0 +1,97 @@
+//! `GET /v1/subscriptions/{id}` and `GET /v1/subscriptions/`: Polar's
+//! Subscription (the latest full snapshot) and its paginated list.
+//!
+//! `active=true` selects status `active` or `trialing`, as Polar's filter does,
+//! on the stored snapshots.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use sqlx::AssertSqlSafe;
+
+use super::params::QueryParams;
+use super::{ApiError, ApiState, json_text};
+
+pub async fn get_one(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let text: Option<String> =
+        sqlx::query_scalar("select snapshot::text from projection.subscriptions where id = $1")
+            .bind(&id)
+            .fetch_optional(&state.pool)
+            .await?;
+    text.map(json_text).ok_or(ApiError::NotFound)
+}
+
+/// SQL for each of Polar's subscription sort properties.
+fn sort_column(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "customer" => "s.customer_id",
+        "status" => "s.status",
+        "started_at" => "s.started_at",
+        "current_period_end" => "(s.snapshot ->> 'current_period_end')::timestamptz",
+        "ended_at" => "(s.snapshot ->> 'ended_at')::timestamptz",
+        "ends_at" => "(s.snapshot ->> 'ends_at')::timestamptz",
+        "amount" => "(s.snapshot ->> 'amount')::bigint",
+        "product" => "s.product_id",
+        "discount" => "s.snapshot ->> 'discount_id'",
+        _ => return None,
+    })
+}
+
+pub async fn list(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = QueryParams::parse(query.as_deref());
+    let page = params.page()?;
+    let order = params.sorting(&["-started_at"], sort_column)?;
+    let customer_ids = params.list("customer_id");
+    let external_ids = params.list("external_customer_id");
+    let product_ids = params.list("product_id");
+    let statuses = params.list("status");
+    let active = params.boolean("active")?;
+    let cancel_at_period_end = params.boolean("cancel_at_period_end")?;
+
+    let filter = "
+        where ($1::text[] is null or s.customer_id = any($1))
+          and ($2::text[] is null or s.customer_id in (
+                select c.id from projection.customers c where c.external_id = any($2)))
+          and ($3::text[] is null or s.product_id = any($3))
+          and ($4::text[] is null or s.status = any($4))
+          and ($5::boolean is null or (s.status in ('active', 'trialing')) = $5)
+          and ($6::boolean is null or (s.snapshot -> 'cancel_at_period_end') = to_jsonb($6))";
+    let total: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "select count(*) from projection.subscriptions s {filter}"
+    )))
+    .bind(&customer_ids)
+    .bind(&external_ids)
+    .bind(&product_ids)
+    .bind(&statuses)
+    .bind(active)
+    .bind(cancel_at_period_end)
+    .fetch_one(&state.pool)
+    .await?;
+    let items: String = sqlx::query_scalar(AssertSqlSafe(format!(
+        "select coalesce(jsonb_agg(snapshot order by position), '[]'::jsonb)::text from (
+             select s.snapshot, row_number() over (order by {order}, s.id) as position
+             from projection.subscriptions s {filter}
+             order by {order}, s.id
+             limit $7 offset $8
+         ) page"
+    )))
+    .bind(&customer_ids)
+    .bind(&external_ids)
+    .bind(&product_ids)
+    .bind(&statuses)
+    .bind(active)
+    .bind(cancel_at_period_end)
+    .bind(page.limit)
+    .bind(page.offset())
+    .fetch_one(&state.pool)
+    .await?;
+    Ok(json_text(format!(
+        r#"{{"items":{items},"pagination":{}}}"#,
+        page.pagination_json(total)
+    )))
+}

@@ -1,0 +1,133 @@
+//! The projector service as one value tests and `main` both run: the Kafka
+//! consumer feeding the live generation, and the read API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use hookstream_shared::{db, kafka};
+
+use crate::api::{self, ApiState};
+use crate::config::ProjectorConfig;
+use crate::consumer;
+use crate::metrics::ProjectorMetrics;
+use crate::projection::generation;
+
+/// A built, not yet running, projector.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    address: SocketAddr,
+    state: ApiState,
+    config: ProjectorConfig,
+    /// Whether the pool was made here (and so is closed here on shutdown).
+    owns_pool: bool,
+}
+
+impl Application {
+    /// Connects to Postgres (applying migrations), makes sure a live
+    /// generation exists, and binds the read API's address (port 0 picks one).
+    pub async fn build(config: ProjectorConfig) -> anyhow::Result<Self> {
+        let pool = db::connect_and_migrate(&config.database, "hookstream-projector").await?;
+        let app = Self::build_with_pool(config, pool).await?;
+        Ok(Self {
+            owns_pool: true,
+            ..app
+        })
+    }
+
+    /// As [`Application::build`], on a pool the caller made.
+    pub async fn build_with_pool(config: ProjectorConfig, pool: PgPool) -> anyhow::Result<Self> {
+        let live = generation::ensure_live(&pool).await?;
+        tracing::info!(generation = %live, "live projections");
+        if let Err(e) = kafka::ensure_topic(&config.kafka).await {
+            // The consumer connects by itself once the broker is reachable.
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot ensure the Kafka topic exists yet"
+            );
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on PROJECTOR_LISTEN={}", config.listen))?;
+        let address = listener.local_addr()?;
+        let state = ApiState {
+            pool,
+            tokens: Arc::new(config.api_tokens.clone()),
+            metrics: ProjectorMetrics::new(),
+        };
+        Ok(Self {
+            listener,
+            address,
+            state,
+            config,
+            owns_pool: false,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn metrics(&self) -> ProjectorMetrics {
+        self.state.metrics.clone()
+    }
+
+    /// Consumes and serves until `shutdown` is cancelled (or the consumer
+    /// dies, which is an error so an orchestrator restarts the process). On
+    /// the way out: stop serving, finish the batch in hand, store the
+    /// position, leave the consumer group.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            address,
+            state,
+            config,
+            owns_pool,
+        } = self;
+        let pool = state.pool.clone();
+        let consumer_stop = CancellationToken::new();
+        let consumer_exited = CancellationToken::new();
+        let consumer = consumer::spawn(
+            config.consumer.clone(),
+            &config.kafka,
+            pool.clone(),
+            state.metrics.clone(),
+            consumer_stop.clone(),
+        )?;
+        let exited = consumer_exited.clone();
+        let consumer_join = tokio::task::spawn_blocking(move || {
+            let result = consumer.join();
+            exited.cancel();
+            result.is_ok()
+        });
+
+        tracing::info!(%address, topic = %config.kafka.topic, group = %config.consumer.group_id, "projector serving");
+        let stop_serving = CancellationToken::new();
+        let server = axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(stop_serving.clone().cancelled_owned());
+        let server = tokio::spawn(async move { server.await });
+        let consumer_died = tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = consumer_exited.cancelled() => true,
+        };
+        stop_serving.cancel();
+        server
+            .await
+            .context("read API task")?
+            .context("read API failed")?;
+        consumer_stop.cancel();
+        let consumer_ok = consumer_join.await.context("consumer join")?;
+        if owns_pool {
+            pool.close().await;
+        }
+        anyhow::ensure!(consumer_ok, "the consumer thread panicked");
+        anyhow::ensure!(!consumer_died, "the consumer stopped on its own");
+        tracing::info!("projector stopped");
+        Ok(())
+    }
+}

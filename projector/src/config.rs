@@ -1,0 +1,158 @@
+//! The projector's typed configuration, validated at start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hookstream_shared::config::{ConfigError, Secret, Settings};
+use hookstream_shared::db::DatabaseSettings;
+use hookstream_shared::kafka::KafkaSettings;
+use hookstream_shared::telemetry::LogSettings;
+
+/// Shortest accepted API token: long enough that guessing is hopeless for a
+/// real token, short enough for `dev-token` in local runs.
+const MIN_TOKEN_LEN: usize = 8;
+
+/// What `projector` (the service) needs.
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    /// `PROJECTOR_LISTEN` (`0.0.0.0:8081`): the read API.
+    pub listen: SocketAddr,
+    pub database: DatabaseSettings,
+    pub kafka: KafkaSettings,
+    /// `PROJECTOR_API_TOKENS`: bearer tokens the read API accepts, comma-separated.
+    pub api_tokens: Vec<Secret>,
+    pub consumer: ConsumerSettings,
+    pub log: LogSettings,
+    /// `SHUTDOWN_GRACE_SECS` (20).
+    pub shutdown_grace: Duration,
+}
+
+/// How the consumer batches.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// `PROJECTOR_GROUP_ID` (`hookstream-projector`): the Kafka consumer group,
+    /// also the key of the offsets stored in Postgres.
+    pub group_id: String,
+    /// `PROJECTOR_BATCH_SIZE` (5000): most events applied in one transaction.
+    pub batch_size: usize,
+    /// `PROJECTOR_BATCH_WAIT_MS` (10): how long a batch waits for more events
+    /// after its first; bounds the added latency.
+    pub batch_wait: Duration,
+    /// `PROJECTOR_SESSION_TIMEOUT_MS` (10000): how soon the group notices a
+    /// projector that died, and hands its partitions to the others.
+    pub session_timeout: Duration,
+}
+
+impl ProjectorConfig {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let kafka = KafkaSettings::from_settings(settings)?;
+        if kafka.brokers.is_none() {
+            return Err(ConfigError::new(
+                "KAFKA_BROKERS",
+                "is required by the projector service (the local launcher `hookstream` starts an embedded broker)",
+            ));
+        }
+        let api_tokens: Vec<Secret> = settings
+            .list("PROJECTOR_API_TOKENS")?
+            .into_iter()
+            .map(Secret::new)
+            .collect();
+        if api_tokens.is_empty() {
+            return Err(ConfigError::new(
+                "PROJECTOR_API_TOKENS",
+                "is required: the bearer tokens the read API accepts, comma-separated",
+            ));
+        }
+        if let Some(position) = api_tokens
+            .iter()
+            .position(|t| t.expose().len() < MIN_TOKEN_LEN)
+        {
+            return Err(ConfigError::new(
+                "PROJECTOR_API_TOKENS",
+                format!(
+                    "token #{} is shorter than {MIN_TOKEN_LEN} characters",
+                    position + 1
+                ),
+            ));
+        }
+        Ok(Self {
+            listen: settings
+                .parse_or("PROJECTOR_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8081)))?,
+            database: DatabaseSettings::from_settings(settings)?,
+            kafka,
+            api_tokens,
+            consumer: ConsumerSettings::from_settings(settings)?,
+            log: LogSettings::from_settings(settings)?,
+            shutdown_grace: settings.secs_or("SHUTDOWN_GRACE_SECS", 20)?,
+        })
+    }
+}
+
+impl ConsumerSettings {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let group_id = settings
+            .get("PROJECTOR_GROUP_ID")?
+            .unwrap_or_else(|| "hookstream-projector".to_owned());
+        let session_timeout = settings.millis_or("PROJECTOR_SESSION_TIMEOUT_MS", 10_000)?;
+        if session_timeout < Duration::from_millis(1000) {
+            return Err(ConfigError::new(
+                "PROJECTOR_SESSION_TIMEOUT_MS",
+                "must be at least 1000",
+            ));
+        }
+        Ok(Self {
+            group_id,
+            batch_size: settings.positive_or("PROJECTOR_BATCH_SIZE", 5000)?,
+            batch_wait: settings.millis_or("PROJECTOR_BATCH_WAIT_MS", 10)?,
+            session_timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(overrides: &[(&str, &str)]) -> Result<ProjectorConfig, ConfigError> {
+        let mut vars: Vec<(String, String)> = [
+            ("DATABASE_URL", "postgres://localhost/x"),
+            ("KAFKA_BROKERS", "localhost:9092"),
+            ("PROJECTOR_API_TOKENS", "token-one-abc,token-two-xyz"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in overrides {
+            vars.retain(|(name, _)| name != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        ProjectorConfig::from_settings(&Settings::from_vars(vars).unwrap())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.listen.port(), 8081);
+        assert_eq!(c.api_tokens.len(), 2);
+        assert_eq!(c.kafka.topic, "polar.events");
+        assert!(!format!("{c:?}").contains("token-one"));
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        for (name, value) in [
+            ("PROJECTOR_LISTEN", "8081"),
+            ("PROJECTOR_API_TOKENS", ""),
+            ("PROJECTOR_API_TOKENS", "ok-token-1,short"),
+            ("PROJECTOR_BATCH_SIZE", "0"),
+            ("PROJECTOR_SESSION_TIMEOUT_MS", "5"),
+            ("KAFKA_BROKERS", ""),
+            ("KAFKA_TOPIC_PARTITIONS", "0"),
+            ("DATABASE_URL", ""),
+        ] {
+            let err = with(&[(name, value)]).unwrap_err();
+            assert_eq!(err.setting, name, "{name}={value}: {err}");
+            assert!(!err.to_string().contains("ok-token-1"));
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! The Kafka consumer: applies the topic to the live generation, exactly once.
+//!
+//! Offsets live in Postgres (`projector_offsets`) and are written in the same
+//! transaction as the projection changes of the messages before them, so a
+//! crash at any moment either keeps both or neither. On assignment the
+//! consumer starts each partition at its stored offset; Kafka's committed
+//! offsets are written afterwards only as a hint for monitoring tools.
+//!
+//! The consumer runs on a thread of its own. librdkafka calls the rebalance
+//! callback from inside `poll`, on that thread, so the callback can block on a
+//! Postgres query (through the runtime handle) without stalling the runtime,
+//! and no batch is ever half-applied when a rebalance happens.
+//!
+//! Each batch transaction also checks that the stored offsets are the ones
+//! this consumer started from. If another consumer moved them (this one lost
+//! the partition and does not know yet), the batch is rolled back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use hookstream_shared::kafka::{KafkaSettings, header};
+
+use crate::config::ConsumerSettings;
+use crate::metrics::ProjectorMetrics;
+use crate::projection::{self, IncomingEvent, generation};
+
+/// Where each assigned partition stands: the next offset to apply, or `None`
+/// when nothing was ever applied (start from the beginning).
+type Positions = HashMap<i32, Option<i64>>;
+
+/// Shared between the poll loop and the callbacks librdkafka makes from `poll`.
+struct ProjectorContext {
+    runtime: Handle,
+    pool: PgPool,
+    group: String,
+    topic: String,
+    positions: Arc<Mutex<Positions>>,
+    metrics: ProjectorMetrics,
+    stop: CancellationToken,
+}
+
+impl ClientContext for ProjectorContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let positions = self.positions.lock().expect("positions lock");
+        for (partition, next) in positions.iter() {
+            if let Some(stats) = topic.partitions.get(partition)
+                && stats.hi_offset >= 0
+            {
+                let lag = stats.hi_offset - next.unwrap_or(0);
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[&partition.to_string()])
+                    .set(lag.max(0));
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ProjectorContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions: Vec<i32> = tpl
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+                let Some(stored) = self.load_offsets_retrying(&partitions) else {
+                    return; // stopping
+                };
+                for &partition in &partitions {
+                    let offset = stored
+                        .get(&partition)
+                        .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+                    if let Err(e) = tpl.set_partition_offset(&self.topic, partition, offset) {
+                        tracing::error!(error = %e, partition, "cannot set the start offset");
+                    }
+                }
+                {
+                    let mut positions = self.positions.lock().expect("positions lock");
+                    for &partition in &partitions {
+                        positions.insert(partition, stored.get(&partition).copied());
+                    }
+                }
+                tracing::info!(
+                    ?partitions,
+                    ?stored,
+                    "partitions assigned; starting at the offsets stored in Postgres"
+                );
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "cannot assign partitions");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let partitions: Vec<i32> = tpl
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+                tracing::info!(?partitions, "partitions revoked");
+                self.positions.lock().expect("positions lock").clear();
+                self.metrics.consumer_lag.reset();
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "cannot unassign partitions");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+                self.positions.lock().expect("positions lock").clear();
+            }
+        }
+    }
+}
+
+impl ProjectorContext {
+    /// Reads stored offsets, retrying while the database is unreachable; an
+    /// assignment cannot proceed without them. `None` when asked to stop.
+    fn load_offsets_retrying(&self, partitions: &[i32]) -> Option<HashMap<i32, i64>> {
+        let mut attempt = 0u32;
+        loop {
+            let loaded = self.runtime.block_on(load_offsets(
+                &self.pool,
+                &self.group,
+                &self.topic,
+                partitions,
+            ));
+            match loaded {
+                Ok(offsets) => return Some(offsets),
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "cannot read stored offsets; retrying");
+                    if self.stop.is_cancelled() {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(200 * u64::from(attempt.min(25))));
+                }
+            }
+        }
+    }
+}
+
+async fn load_offsets(
+    pool: &PgPool,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> sqlx::Result<HashMap<i32, i64>> {
+    let rows = sqlx::query_as!(
+        StoredOffset,
+        "select partition, next_offset from projector_offsets
+         where consumer_group = $1 and topic = $2 and partition = any($3)",
+        group,
+        topic,
+        partitions
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.partition, r.next_offset))
+        .collect())
+}
+
+struct StoredOffset {
+    partition: i32,
+    next_offset: i64,
+}
+
+/// A message taken off the topic, waiting for its batch.
+struct Pending {
+    partition: i32,
+    offset: i64,
+    /// `None` for a message without hookstream's headers; skipped, but its
+    /// offset still advances.
+    event: Option<IncomingEvent>,
+}
+
+/// Why a batch did not commit.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error(
+        "partition {partition} was moved on by another consumer (stored {stored:?}, expected {expected:?})"
+    )]
+    Fenced {
+        partition: i32,
+        stored: Option<i64>,
+        expected: Option<i64>,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Starts the consumer thread. It runs until `stop` is cancelled, then
+/// finishes the batch in hand, leaves the group and returns.
+pub fn spawn(
+    settings: ConsumerSettings,
+    kafka: &KafkaSettings,
+    pool: PgPool,
+    metrics: ProjectorMetrics,
+    stop: CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let context = ProjectorContext {
+        runtime: Handle::current(),
+        pool,
+        group: settings.group_id.clone(),
+        topic: kafka.topic.clone(),
+        positions: Arc::new(Mutex::new(HashMap::new())),
+        metrics,
+        stop: stop.clone(),
+    };
+    let consumer: BaseConsumer<ProjectorContext> = kafka
+        .client_config()?
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout.as_millis().to_string(),
+        )
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(context)
+        .context("cannot create the Kafka consumer")?;
+    consumer
+        .subscribe(&[&kafka.topic])
+        .with_context(|| format!("cannot subscribe to {}", kafka.topic))?;
+    std::thread::Builder::new()
+        .name("projector-consumer".to_owned())
+        .spawn(move || {
+            ConsumeLoop {
+                consumer,
+                settings,
+                stop,
+            }
+            .run()
+        })
+        .context("cannot start the consumer thread")
+}
+
+struct ConsumeLoop {
+    consumer: BaseConsumer<ProjectorContext>,
+    settings: ConsumerSettings,
+    stop: CancellationToken,
+}
+
+impl ConsumeLoop {
+    fn run(self) {
+        let mut failures = 0u32;
+        while !self.stop.is_cancelled() {
+            let batch = self.gather();
+            if batch.is_empty() {
+                continue;
+            }
+            match self.apply(batch) {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    self.context().metrics.batch_errors.inc();
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        failures,
+                        "batch not applied; will re-read it"
+                    );
+                    // librdkafka heartbeats from its own thread, so a pause
+                    // without polling does not cost the assignment.
+                    let pause = Duration::from_millis(100 * u64::from(failures.min(50)));
+                    let deadline = Instant::now() + pause;
+                    while Instant::now() < deadline && !self.stop.is_cancelled() {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    self.rewind();
+                }
+            }
+        }
+        // Leaving the group now lets the other replicas take the partitions
+        // without waiting for a session timeout.
+        self.consumer.unsubscribe();
+        tracing::info!("consumer stopped");
+    }
+
+    fn context(&self) -> &ProjectorContext {
+        self.consumer.context()
+    }
+
+    /// Polls until the batch is full or the wait since its first message is over.
+    fn gather(&self) -> Vec<Pending> {
+        let mut batch = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        while batch.len() < self.settings.batch_size {
+            let timeout = match deadline {
+                None => Duration::from_millis(100),
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) => left,
+                    None => break,
+                },
+            };
+            match self.consumer.poll(timeout) {
+                Some(Ok(message)) => {
+                    deadline.get_or_insert_with(|| Instant::now() + self.settings.batch_wait);
+                    batch.push(self.to_pending(&message));
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
+                None if deadline.is_none() => return batch,
+                None => {}
+            }
+        }
+        batch
+    }
+
+    fn to_pending(&self, message: &BorrowedMessage<'_>) -> Pending {
+        let header_text = |name: &str| -> Option<String> {
+            message
+                .headers()?
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| String::from_utf8(h.value?.to_vec()).ok())
+        };
+        let seq = header_text(header::SEQ).and_then(|s| s.parse::<i64>().ok());
+        let event = match seq {
+            Some(seq) => Some(IncomingEvent {
+                seq,
+                webhook_id: header_text(header::WEBHOOK_ID).unwrap_or_default(),
+                body: message.payload().unwrap_or_default().to_vec(),
+            }),
+            None => {
+                self.context().metrics.foreign_messages.inc();
+                tracing::warn!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "skipping a message without a seq header"
+                );
+                None
+            }
+        };
+        Pending {
+            partition: message.partition(),
+            offset: message.offset(),
+            event,
+        }
+    }
+
+    /// Applies a batch and stores the offsets after it, in one transaction.
+    fn apply(&self, mut batch: Vec<Pending>) -> Result<(), BatchError> {
+        let expected: Positions = self
+            .context()
+            .positions
+            .lock()
+            .expect("positions lock")
+            .clone();
+        // Messages of partitions revoked while gathering, or already applied
+        // (re-delivered after a rewind), are dropped.
+        batch.retain(|m| {
+            expected
+                .get(&m.partition)
+                .is_some_and(|next| next.is_none_or(|n| m.offset >= n))
+        });
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        for m in &batch {
+            let next = next_offsets.entry(m.partition).or_insert(m.offset + 1);
+            *next = (*next).max(m.offset + 1);
+        }
+        let events: Vec<IncomingEvent> = batch.into_iter().filter_map(|m| m.event).collect();
+        let started = Instant::now();
+        let context = self.context();
+        let span = tracing::debug_span!("apply_batch", events = events.len(), partitions = ?next_offsets.keys().collect::<Vec<_>>());
+        let _entered = span.enter();
+        let outcome = context.runtime.block_on(async {
+            let mut tx = context.pool.begin().await?;
+            let generation = generation::lock_live(&mut tx).await?;
+            let partitions: Vec<i32> = next_offsets.keys().copied().collect();
+            let stored = sqlx::query_as!(
+                StoredOffset,
+                "select partition, next_offset from projector_offsets
+                 where consumer_group = $1 and topic = $2 and partition = any($3)
+                 for update",
+                context.group,
+                context.topic,
+                &partitions
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let stored: HashMap<i32, i64> = stored.into_iter().map(|r| (r.partition, r.next_offset)).collect();
+            for &partition in &partitions {
+                let expected_next = expected.get(&partition).copied().flatten();
+                if stored.get(&partition).copied() != expected_next {
+                    return Err(BatchError::Fenced { partition, stored: stored.get(&partition).copied(), expected: expected_next });
+                }
+            }
+            let outcome = projection::apply(&mut tx, &generation, &events).await?;
+            let offsets: Vec<i64> = partitions.iter().map(|p| next_offsets[p]).collect();
+            sqlx::query!(
+                "insert into projector_offsets (consumer_group, topic, partition, next_offset)
+                 select $1, $2, partition, next_offset from unnest($3::int4[], $4::int8[]) as u(partition, next_offset)
+                 on conflict (consumer_group, topic, partition)
+                 do update set next_offset = excluded.next_offset, updated_at = now()",
+                context.group,
+                context.topic,
+                &partitions,
+                &offsets
+            )
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, BatchError>(outcome)
+        })?;
+        context
+            .metrics
+            .record_batch(&outcome, started.elapsed().as_secs_f64());
+        {
+            let mut positions = context.positions.lock().expect("positions lock");
+            for (partition, next) in &next_offsets {
+                // Only if still assigned: a rebalance during the batch cleared it.
+                if let Some(position) = positions.get_mut(partition) {
+                    *position = Some(*next);
+                }
+            }
+        }
+        self.commit_hint(&next_offsets);
+        Ok(())
+    }
+
+    /// Tells Kafka where we are, for tools like kafka-consumer-groups. Never
+    /// read back: Postgres is the record.
+    fn commit_hint(&self, next_offsets: &BTreeMap<i32, i64>) {
+        let mut list = TopicPartitionList::new();
+        for (partition, next) in next_offsets {
+            let _ =
+                list.add_partition_offset(&self.context().topic, *partition, Offset::Offset(*next));
+        }
+        if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::debug!(error = %e, "offset hint not committed to Kafka");
+        }
+    }
+
+    /// After a failed batch: reload stored positions and seek every assigned
+    /// partition back to them, so nothing is skipped.
+    fn rewind(&self) {
+        let context = self.context();
+        let partitions: Vec<i32> = context
+            .positions
+            .lock()
+            .expect("positions lock")
+            .keys()
+            .copied()
+            .collect();
+        if partitions.is_empty() {
+            return;
+        }
+        let stored = match context.runtime.block_on(load_offsets(
+            &context.pool,
+            &context.group,
+            &context.topic,
+            &partitions,
+        )) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reload offsets; will retry");
+                return;
+            }
+        };
+        let mut positions = context.positions.lock().expect("positions lock");
+        for partition in partitions {
+            let next = stored.get(&partition).copied();
+            let offset = next.map_or(Offset::Beginning, Offset::Offset);
+            match self
+                .consumer
+                .seek(&context.topic, partition, offset, Duration::from_secs(5))
+            {
+                Ok(()) => {
+                    if let Some(position) = positions.get_mut(&partition) {
+                        *position = next;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, partition, "cannot seek; will retry"),
+            }
+        }
+    }
+}

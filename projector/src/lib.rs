@@ -1,0 +1,18 @@
+//! hookstream projector: Kafka in, Polar state in Postgres out, served in
+//! Polar's own API shapes.
+//!
+//! - [`consumer`] reads the topic and applies batches exactly once (offsets
+//!   stored with the changes).
+//! - [`projection`] decodes events and writes versioned rows into a generation.
+//! - [`api`] serves reads from the live generation.
+//! - [`app`] wires them into one service; [`config`] and [`metrics`] support it.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod consumer;
+pub mod metrics;
+pub mod projection;
+
+pub use app::Application;
+pub use config::ProjectorConfig;

@@ -1,0 +1,196 @@
+//! The projector's Prometheus metrics, one registry per running service.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+use hookstream_shared::http::{BATCH_SIZE_BUCKETS, LATENCY_BUCKETS};
+
+/// Polar's event types; anything else is counted as `other`, so a stream of
+/// odd types cannot blow up label cardinality.
+const KNOWN_EVENT_TYPES: &[&str] = &[
+    "checkout.created",
+    "checkout.updated",
+    "checkout.expired",
+    "customer.created",
+    "customer.updated",
+    "customer.deleted",
+    "customer.state_changed",
+    "customer_seat.assigned",
+    "customer_seat.claimed",
+    "customer_seat.revoked",
+    "member.created",
+    "member.updated",
+    "member.deleted",
+    "order.created",
+    "order.updated",
+    "order.paid",
+    "order.refunded",
+    "subscription.created",
+    "subscription.updated",
+    "subscription.active",
+    "subscription.canceled",
+    "subscription.uncanceled",
+    "subscription.cycled",
+    "subscription.revoked",
+    "subscription.past_due",
+    "subscription.paused",
+    "subscription.resumed",
+    "refund.created",
+    "refund.updated",
+    "product.created",
+    "product.updated",
+    "discount.created",
+    "discount.updated",
+    "discount.deleted",
+    "benefit.created",
+    "benefit.updated",
+    "benefit_grant.created",
+    "benefit_grant.cycled",
+    "benefit_grant.updated",
+    "benefit_grant.revoked",
+    "organization.updated",
+];
+
+/// The label value for an event type.
+pub fn event_type_label(event_type: &str) -> &str {
+    if KNOWN_EVENT_TYPES.contains(&event_type) {
+        event_type
+    } else {
+        "other"
+    }
+}
+
+/// Every metric the projector exports.
+#[derive(Debug, Clone)]
+pub struct ProjectorMetrics {
+    pub registry: Registry,
+    /// Messages behind the head of each partition.
+    pub consumer_lag: IntGaugeVec,
+    /// Events per applied batch.
+    pub batch_size: Histogram,
+    /// Time to apply and commit one batch.
+    pub apply_seconds: Histogram,
+    /// Events applied, by type.
+    pub applied: IntCounterVec,
+    /// Well-formed events no projection uses, by type.
+    pub ignored: IntCounterVec,
+    /// Events recorded in the failures table.
+    pub failures: IntCounter,
+    /// Batches that failed (database errors) and were retried.
+    pub batch_errors: IntCounter,
+    /// Messages without the headers the projector needs (not from hookstream's relay).
+    pub foreign_messages: IntCounter,
+    /// Read API requests by route and status.
+    pub api_requests: IntCounterVec,
+    /// Read API latency by route.
+    pub api_seconds: HistogramVec,
+}
+
+impl ProjectorMetrics {
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("hookstream_projector".to_owned()), None).expect("prefix");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new("consumer_lag", "Messages behind the head of the partition"),
+            &["partition"],
+        )
+        .expect("metric");
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("batch_size", "Events per applied batch")
+                .buckets(BATCH_SIZE_BUCKETS.to_vec()),
+        )
+        .expect("metric");
+        let apply_seconds = Histogram::with_opts(
+            HistogramOpts::new("apply_seconds", "Time to apply and commit one batch")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("metric");
+        let applied = IntCounterVec::new(
+            Opts::new("events_applied_total", "Events applied by type"),
+            &["event_type"],
+        )
+        .expect("metric");
+        let ignored = IntCounterVec::new(
+            Opts::new("events_ignored_total", "Events of types no projection uses"),
+            &["event_type"],
+        )
+        .expect("metric");
+        let failures = IntCounter::new("apply_failures_total", "Events that could not be applied")
+            .expect("metric");
+        let batch_errors = IntCounter::new(
+            "batch_errors_total",
+            "Batches that hit a database error and were retried",
+        )
+        .expect("metric");
+        let foreign_messages = IntCounter::new(
+            "foreign_messages_total",
+            "Messages skipped for lacking hookstream's seq header",
+        )
+        .expect("metric");
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "api_requests_total",
+                "Read API requests by route and status",
+            ),
+            &["route", "status"],
+        )
+        .expect("metric");
+        let api_seconds = HistogramVec::new(
+            HistogramOpts::new("api_request_seconds", "Read API latency")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("metric");
+        for collector in [
+            Box::new(consumer_lag.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(batch_size.clone()),
+            Box::new(apply_seconds.clone()),
+            Box::new(applied.clone()),
+            Box::new(ignored.clone()),
+            Box::new(failures.clone()),
+            Box::new(batch_errors.clone()),
+            Box::new(foreign_messages.clone()),
+            Box::new(api_requests.clone()),
+            Box::new(api_seconds.clone()),
+        ] {
+            registry.register(collector).expect("unique metric names");
+        }
+        Self {
+            registry,
+            consumer_lag,
+            batch_size,
+            apply_seconds,
+            applied,
+            ignored,
+            failures,
+            batch_errors,
+            foreign_messages,
+            api_requests,
+            api_seconds,
+        }
+    }
+
+    /// Counts one applied batch.
+    pub fn record_batch(&self, outcome: &crate::projection::BatchOutcome, seconds: f64) {
+        self.batch_size.observe(outcome.events() as f64);
+        self.apply_seconds.observe(seconds);
+        for (event_type, n) in &outcome.applied {
+            self.applied
+                .with_label_values(&[event_type_label(event_type)])
+                .inc_by(*n);
+        }
+        for (event_type, n) in &outcome.ignored {
+            self.ignored
+                .with_label_values(&[event_type_label(event_type)])
+                .inc_by(*n);
+        }
+        self.failures.inc_by(outcome.failed);
+    }
+}
+
+impl Default for ProjectorMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

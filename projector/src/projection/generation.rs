@@ -1,0 +1,246 @@
+//! Generations: complete sets of projection tables, each in its own schema.
+//!
+//! Exactly one generation is live. The consumer writes into it and readers see
+//! it through the views in the `projection` schema. A replay builds a new
+//! generation beside it and then [`activate`]s it: one transaction re-points
+//! the views and the live row, so readers and the consumer move over together.
+
+use sqlx::AssertSqlSafe;
+use std::fmt;
+
+use anyhow::Context as _;
+use sqlx::{PgConnection, PgPool};
+
+/// Version of `generation.sql`. A live generation built with another version
+/// must be rebuilt (`projector replay`) before this binary serves it.
+pub const DDL_VERSION: i32 = 1;
+
+const DDL: &str = include_str!("generation.sql");
+
+/// Transaction-level advisory lock serialising generation creation and switches.
+const GENERATIONS_LOCK_KEY: i64 = 0x686f_6f6b_6765_6e73; // "hookgens"
+
+/// Tables and views readers reach through `projection.<name>`.
+const READER_RELATIONS: &[&str] = &[
+    "customers",
+    "products",
+    "benefits",
+    "subscriptions",
+    "benefit_grants",
+    "orders",
+    "checkouts",
+    "customer_states",
+    "apply_failures",
+    "effective_grants",
+    "effective_subscriptions",
+];
+
+/// A generation's schema name, e.g. `hookstream_gen_3`. Only this module makes
+/// one, from a number, so it is always safe to splice into SQL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Generation(String);
+
+impl Generation {
+    fn numbered(n: i64) -> Self {
+        Self(format!("hookstream_gen_{n}"))
+    }
+
+    /// Accepts a stored name only if it has the shape this module gives names.
+    fn parse(name: &str) -> anyhow::Result<Self> {
+        let valid = name
+            .strip_prefix("hookstream_gen_")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        anyhow::ensure!(valid, "unexpected generation name {name:?}");
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// `schema.relation`, for building SQL.
+    pub fn qualify(&self, relation: &str) -> String {
+        format!("{}.{relation}", self.0)
+    }
+}
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The live generation, creating and activating the first one on a fresh
+/// database. Refuses a live generation built with another DDL version.
+pub async fn ensure_live(pool: &PgPool) -> anyhow::Result<Generation> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(GENERATIONS_LOCK_KEY)
+        .execute(&mut *tx)
+        .await?;
+    let live: Option<(String, i32)> = sqlx::query_as(
+        "select g.name, g.ddl_version from projection_live l join projection_generations g on g.name = l.generation",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let generation = match live {
+        Some((name, ddl_version)) => {
+            anyhow::ensure!(
+                ddl_version == DDL_VERSION,
+                "the live projections ({name}) were built by projection DDL version {ddl_version}, \
+                 this projector uses version {DDL_VERSION}: run `projector replay` to rebuild them"
+            );
+            Generation::parse(&name)?
+        }
+        None => {
+            let generation = create_locked(&mut tx, "consumer").await?;
+            activate_locked(&mut tx, &generation).await?;
+            tracing::info!(%generation, "created the first projection generation");
+            generation
+        }
+    };
+    tx.commit().await?;
+    Ok(generation)
+}
+
+/// Creates an empty generation with status `building`.
+pub async fn create(pool: &PgPool, built_from: &str) -> anyhow::Result<Generation> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(GENERATIONS_LOCK_KEY)
+        .execute(&mut *tx)
+        .await?;
+    let generation = create_locked(&mut tx, built_from).await?;
+    tx.commit().await?;
+    Ok(generation)
+}
+
+async fn create_locked(tx: &mut PgConnection, built_from: &str) -> anyhow::Result<Generation> {
+    let next: i64 = sqlx::query_scalar(
+        r"select coalesce(max(substring(name from '^hookstream_gen_(\d+)$')::bigint), 0) + 1
+          from projection_generations",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let generation = Generation::numbered(next);
+    // A schema of that name left by a crashed, unregistered attempt would be junk.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "drop schema if exists {generation} cascade"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::raw_sql(AssertSqlSafe(DDL.replace("{schema}", generation.name())))
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("cannot create projection tables in {generation}"))?;
+    sqlx::query(
+        "insert into projection_generations (name, ddl_version, status, built_from) values ($1, $2, 'building', $3)",
+    )
+    .bind(generation.name())
+    .bind(DDL_VERSION)
+    .bind(built_from)
+    .execute(&mut *tx)
+    .await?;
+    Ok(generation)
+}
+
+/// Makes `generation` live in the caller's transaction: re-points the reader
+/// views and the live row, and retires the previous generation. Returns the
+/// previous one. The caller must hold the live row lock (see [`lock_live`]).
+pub async fn activate(
+    tx: &mut PgConnection,
+    generation: &Generation,
+) -> anyhow::Result<Option<Generation>> {
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(GENERATIONS_LOCK_KEY)
+        .execute(&mut *tx)
+        .await?;
+    activate_locked(tx, generation).await
+}
+
+async fn activate_locked(
+    tx: &mut PgConnection,
+    generation: &Generation,
+) -> anyhow::Result<Option<Generation>> {
+    let previous: Option<String> =
+        sqlx::query_scalar("select generation from projection_live for update")
+            .fetch_optional(&mut *tx)
+            .await?;
+    for relation in READER_RELATIONS {
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "drop view if exists projection.{relation}; create view projection.{relation} as select * from {};",
+            generation.qualify(relation)
+        )))
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "insert into projection_live (singleton, generation) values (true, $1)
+         on conflict (singleton) do update set generation = excluded.generation",
+    )
+    .bind(generation.name())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "update projection_generations set status = 'live', activated_at = now() where name = $1",
+    )
+    .bind(generation.name())
+    .execute(&mut *tx)
+    .await?;
+    let previous = match previous.filter(|p| p != generation.name()) {
+        Some(name) => {
+            sqlx::query("update projection_generations set status = 'retired', retired_at = now() where name = $1")
+                .bind(&name)
+                .execute(&mut *tx)
+                .await?;
+            Some(Generation::parse(&name)?)
+        }
+        None => None,
+    };
+    Ok(previous)
+}
+
+/// The live generation, locked FOR SHARE for the rest of the caller's
+/// transaction: a switch waits for the batch holding it, and a batch that
+/// starts after a switch sees the new generation.
+pub async fn lock_live(tx: &mut PgConnection) -> anyhow::Result<Generation> {
+    let name: String = sqlx::query_scalar("select generation from projection_live for share")
+        .fetch_optional(&mut *tx)
+        .await?
+        .context("no live projection generation")?;
+    Generation::parse(&name)
+}
+
+/// The live generation, unlocked (for reads and reports).
+pub async fn live(executor: &PgPool) -> anyhow::Result<Option<Generation>> {
+    let name: Option<String> = sqlx::query_scalar("select generation from projection_live")
+        .fetch_optional(executor)
+        .await?;
+    name.as_deref().map(Generation::parse).transpose()
+}
+
+/// Drops a generation that is not live.
+pub async fn drop_generation(pool: &PgPool, generation: &Generation) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(GENERATIONS_LOCK_KEY)
+        .execute(&mut *tx)
+        .await?;
+    let is_live: bool =
+        sqlx::query_scalar("select exists (select 1 from projection_live where generation = $1)")
+            .bind(generation.name())
+            .fetch_one(&mut *tx)
+            .await?;
+    anyhow::ensure!(!is_live, "{generation} is live and cannot be dropped");
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "drop schema if exists {generation} cascade"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("delete from projection_generations where name = $1")
+        .bind(generation.name())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,204 @@
+-- One generation of projections. `{schema}` is replaced with the generation's
+-- schema name. Bump DDL_VERSION in generation.rs when this changes: existing
+-- generations are then rebuilt by `projector replay`, never migrated in place.
+--
+-- Every object table keeps the latest full snapshot, the version it came from
+-- (see version.rs) and the columns that queries filter on.
+
+create schema {schema};
+
+create table {schema}.customers (
+    id          text primary key,
+    v_at        timestamptz not null,
+    v_rank      smallint    not null,
+    v_occurred  timestamptz not null,
+    v_seq       bigint      not null,
+    snapshot    jsonb       not null,
+    external_id text,
+    email       text,
+    deleted_at  timestamptz
+);
+create index on {schema}.customers (external_id) where external_id is not null;
+
+create table {schema}.products (
+    id text primary key, v_at timestamptz not null, v_rank smallint not null,
+    v_occurred timestamptz not null, v_seq bigint not null, snapshot jsonb not null
+);
+
+create table {schema}.benefits (
+    id text primary key, v_at timestamptz not null, v_rank smallint not null,
+    v_occurred timestamptz not null, v_seq bigint not null, snapshot jsonb not null
+);
+
+create table {schema}.subscriptions (
+    id          text primary key,
+    v_at        timestamptz not null,
+    v_rank      smallint    not null,
+    v_occurred  timestamptz not null,
+    v_seq       bigint      not null,
+    snapshot    jsonb       not null,
+    customer_id text        not null,
+    product_id  text,
+    status      text        not null,
+    started_at  timestamptz,
+    created_at  timestamptz not null
+);
+create index on {schema}.subscriptions (customer_id);
+
+create table {schema}.benefit_grants (
+    id              text primary key,
+    v_at            timestamptz not null,
+    v_rank          smallint    not null,
+    v_occurred      timestamptz not null,
+    v_seq           bigint      not null,
+    snapshot        jsonb       not null,
+    customer_id     text        not null,
+    benefit_id      text        not null,
+    subscription_id text,
+    order_id        text,
+    is_granted      boolean     not null,
+    is_revoked      boolean     not null,
+    created_at      timestamptz not null
+);
+create index on {schema}.benefit_grants (customer_id, benefit_id);
+
+create table {schema}.orders (
+    id              text primary key,
+    v_at            timestamptz not null,
+    v_rank          smallint    not null,
+    v_occurred      timestamptz not null,
+    v_seq           bigint      not null,
+    snapshot        jsonb       not null,
+    customer_id     text,
+    subscription_id text,
+    status          text        not null
+);
+create index on {schema}.orders (customer_id);
+
+create table {schema}.checkouts (
+    id                   text primary key,
+    v_at                 timestamptz not null,
+    v_rank               smallint    not null,
+    v_occurred           timestamptz not null,
+    v_seq                bigint      not null,
+    snapshot             jsonb       not null,
+    customer_id          text,
+    external_customer_id text,
+    status               text        not null
+);
+
+-- The newest customer.state_changed per customer: what was active as of
+-- `state_at` (the envelope timestamp), including by omission.
+create table {schema}.customer_states (
+    customer_id text primary key,
+    state_at    timestamptz not null,
+    v_seq       bigint      not null,
+    snapshot    jsonb       not null
+);
+
+-- Events that could not be applied, with the reason; the partition moved on.
+create table {schema}.apply_failures (
+    seq        bigint primary key,
+    webhook_id text not null,
+    event_type text,
+    reason     text not null
+);
+
+-- Who has what right now, by the rule of DESIGN.md guarantee 3: a grant or
+-- subscription row decides for itself unless the customer's newest state is
+-- strictly newer than the row, in which case the state decides (listed =
+-- active, omitted = ended). Items are in CustomerState's shapes.
+--
+-- They read only the customer's own rows (grants, subscriptions, state), so
+-- recomputing a customer whenever one of those changes keeps the
+-- materialised tables below exact whatever the order events arrive in.
+-- The benefit's current type and metadata are joined in at read time.
+create view {schema}.effective_grants_v as
+    select g.customer_id, g.id as grant_id, g.benefit_id, g.created_at,
+           jsonb_build_object(
+               'id', g.snapshot -> 'id',
+               'created_at', g.snapshot -> 'created_at',
+               'modified_at', g.snapshot -> 'modified_at',
+               'granted_at', g.snapshot -> 'granted_at',
+               'benefit_id', g.snapshot -> 'benefit_id',
+               'benefit_type', g.snapshot -> 'benefit' -> 'type',
+               'benefit_metadata', coalesce(g.snapshot -> 'benefit' -> 'metadata', '{}'::jsonb),
+               'properties', coalesce(g.snapshot -> 'properties', '{}'::jsonb)
+           ) as item
+    from {schema}.benefit_grants g
+    left join {schema}.customer_states cs on cs.customer_id = g.customer_id
+    where g.is_granted and not g.is_revoked
+      and (cs.state_at is null or cs.state_at <= g.v_at)
+  union all
+    select cs.customer_id, listed.item ->> 'id', listed.item ->> 'benefit_id',
+           (listed.item ->> 'created_at')::timestamptz, listed.item
+    from {schema}.customer_states cs
+    cross join lateral jsonb_array_elements(cs.snapshot -> 'granted_benefits') as listed(item)
+    where not exists (
+        select 1 from {schema}.benefit_grants g
+        where g.id = listed.item ->> 'id' and g.v_at >= cs.state_at
+    );
+
+create view {schema}.effective_subscriptions_v as
+    select s.customer_id, s.id as subscription_id, s.created_at,
+           jsonb_build_object(
+               'id', s.snapshot -> 'id',
+               'created_at', s.snapshot -> 'created_at',
+               'modified_at', s.snapshot -> 'modified_at',
+               'custom_field_data', coalesce(s.snapshot -> 'custom_field_data', '{}'::jsonb),
+               'metadata', coalesce(s.snapshot -> 'metadata', '{}'::jsonb),
+               'status', s.snapshot -> 'status',
+               'amount', s.snapshot -> 'amount',
+               'currency', s.snapshot -> 'currency',
+               'recurring_interval', s.snapshot -> 'recurring_interval',
+               'current_period_start', s.snapshot -> 'current_period_start',
+               'current_period_end', s.snapshot -> 'current_period_end',
+               'trial_start', s.snapshot -> 'trial_start',
+               'trial_end', s.snapshot -> 'trial_end',
+               'cancel_at_period_end', s.snapshot -> 'cancel_at_period_end',
+               'canceled_at', s.snapshot -> 'canceled_at',
+               'started_at', s.snapshot -> 'started_at',
+               'ends_at', s.snapshot -> 'ends_at',
+               'product_id', s.snapshot -> 'product_id',
+               'discount_id', s.snapshot -> 'discount_id',
+               'seats', s.snapshot -> 'seats',
+               'units', s.snapshot -> 'units',
+               -- CustomerState's meters are the subscription's without the
+               -- embedded meter object.
+               'meters', coalesce(
+                   (select jsonb_agg(m - 'meter') from jsonb_array_elements(s.snapshot -> 'meters') m),
+                   '[]'::jsonb)
+           ) as item
+    from {schema}.subscriptions s
+    left join {schema}.customer_states cs on cs.customer_id = s.customer_id
+    where s.status in ('active', 'trialing')
+      and (cs.state_at is null or cs.state_at <= s.v_at)
+  union all
+    select cs.customer_id, listed.item ->> 'id',
+           (listed.item ->> 'created_at')::timestamptz, listed.item
+    from {schema}.customer_states cs
+    cross join lateral jsonb_array_elements(cs.snapshot -> 'active_subscriptions') as listed(item)
+    where not exists (
+        select 1 from {schema}.subscriptions s
+        where s.id = listed.item ->> 'id' and s.v_at >= cs.state_at
+    );
+
+-- The views above, materialised per customer after every batch that touches
+-- the customer's subscriptions, grants or state: reads are then one index probe.
+create table {schema}.effective_grants (
+    customer_id text        not null,
+    grant_id    text        not null,
+    benefit_id  text        not null,
+    created_at  timestamptz not null,
+    item        jsonb       not null,
+    primary key (customer_id, grant_id)
+);
+create index on {schema}.effective_grants (customer_id, benefit_id);
+
+create table {schema}.effective_subscriptions (
+    customer_id     text        not null,
+    subscription_id text        not null,
+    created_at      timestamptz not null,
+    item            jsonb       not null,
+    primary key (customer_id, subscription_id)
+);

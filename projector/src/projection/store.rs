@@ -1,0 +1,347 @@
+//! Writing a batch of events into a generation, in the caller's transaction.
+//!
+//! The batch is reduced in memory first: for each object only its newest
+//! version in the batch is written, so a burst of events about one object
+//! (created, active, updated) costs one row write. Each table then gets one
+//! multi-row upsert whose `where` clause keeps a row unless the incoming
+//! version is strictly newer. Rows are written in id order, so two projectors
+//! upserting overlapping rows take their locks in the same order and cannot
+//! deadlock. Finally the effective subscriptions and grants of every customer
+//! the batch touched are recomputed.
+
+use sqlx::AssertSqlSafe;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use super::decode::{Column, Decoded, IncomingEvent, ObjectChange, StateChange, Table, decode};
+use super::generation::Generation;
+
+/// What one applied batch did, for metrics and logs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Events applied, by type.
+    pub applied: BTreeMap<String, u64>,
+    /// Well-formed events no projection uses, by type.
+    pub ignored: BTreeMap<String, u64>,
+    /// Events recorded in `apply_failures`.
+    pub failed: u64,
+}
+
+impl BatchOutcome {
+    pub fn events(&self) -> u64 {
+        self.applied.values().sum::<u64>() + self.ignored.values().sum::<u64>() + self.failed
+    }
+}
+
+/// Applies `events` to `generation`. Runs inside the caller's transaction;
+/// errors are database errors (the caller rolls back and retries). Events that
+/// cannot be decoded are recorded as failures, not errors.
+pub async fn apply_batch(
+    tx: &mut PgConnection,
+    generation: &Generation,
+    events: &[IncomingEvent],
+) -> sqlx::Result<BatchOutcome> {
+    let mut outcome = BatchOutcome::default();
+    let mut newest: HashMap<(Table, String), ObjectChange<'_>> = HashMap::new();
+    let mut states: HashMap<String, StateChange<'_>> = HashMap::new();
+    let mut failures: BTreeMap<i64, (&str, Option<String>, String)> = BTreeMap::new();
+
+    for event in events {
+        match decode(event) {
+            Ok(Decoded::Apply {
+                event_type,
+                changes,
+            }) => {
+                *outcome.applied.entry(event_type.into_owned()).or_default() += 1;
+                for change in changes.objects {
+                    keep_newest_object(&mut newest, change);
+                }
+                if let Some(state) = changes.state {
+                    keep_newest_state(&mut states, state);
+                }
+            }
+            Ok(Decoded::Ignored { event_type }) => {
+                *outcome.ignored.entry(event_type.into_owned()).or_default() += 1;
+            }
+            Err(e) => {
+                failures.insert(
+                    event.seq,
+                    (event.webhook_id.as_str(), e.event_type, e.reason),
+                );
+            }
+        }
+    }
+    outcome.failed = failures.len() as u64;
+
+    // Customers whose effective subscriptions or grants may have changed.
+    let mut touched: BTreeSet<String> = BTreeSet::new();
+    for ((table, _), change) in &newest {
+        if matches!(table, Table::Subscriptions | Table::BenefitGrants)
+            && let Some(Column::Text(Some(customer_id))) = change.columns.first()
+        {
+            touched.insert(customer_id.to_string());
+        }
+    }
+    touched.extend(states.keys().cloned());
+
+    let mut by_table: BTreeMap<Table, Vec<ObjectChange<'_>>> = BTreeMap::new();
+    for ((table, _), change) in newest {
+        by_table.entry(table).or_default().push(change);
+    }
+    for table in Table::ALL {
+        if let Some(mut rows) = by_table.remove(&table) {
+            rows.sort_by(|a, b| a.id.cmp(&b.id));
+            upsert_objects(tx, generation, table, &rows).await?;
+        }
+    }
+    if !states.is_empty() {
+        let mut rows: Vec<StateChange<'_>> = states.into_values().collect();
+        rows.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
+        upsert_states(tx, generation, &rows).await?;
+    }
+    if !touched.is_empty() {
+        let customers: Vec<String> = touched.into_iter().collect();
+        recompute_effective(tx, generation, &customers).await?;
+    }
+    if !failures.is_empty() {
+        record_failures(tx, generation, &failures).await?;
+    }
+    Ok(outcome)
+}
+
+fn keep_newest_object<'a>(
+    newest: &mut HashMap<(Table, String), ObjectChange<'a>>,
+    change: ObjectChange<'a>,
+) {
+    let key = (change.table, change.id.to_string());
+    if newest
+        .get(&key)
+        .is_none_or(|old| change.version > old.version)
+    {
+        newest.insert(key, change);
+    }
+}
+
+fn keep_newest_state<'a>(states: &mut HashMap<String, StateChange<'a>>, state: StateChange<'a>) {
+    let newer = states
+        .get(state.customer_id.as_ref())
+        .is_none_or(|old| (state.state_at, state.seq) > (old.state_at, old.seq));
+    if newer {
+        states.insert(state.customer_id.to_string(), state);
+    }
+}
+
+async fn upsert_objects(
+    tx: &mut PgConnection,
+    generation: &Generation,
+    table: Table,
+    rows: &[ObjectChange<'_>],
+) -> sqlx::Result<()> {
+    let columns = table.columns();
+    let mut select = vec![
+        "id".to_owned(),
+        "v_at".to_owned(),
+        "v_rank".to_owned(),
+        "v_occurred".to_owned(),
+        "v_seq".to_owned(),
+        // A customer snapshot taken from a CustomerState carries the lists too.
+        if table == Table::Customers {
+            "snapshot::jsonb - 'active_subscriptions' - 'granted_benefits' - 'active_meters'"
+                .to_owned()
+        } else {
+            "snapshot::jsonb".to_owned()
+        },
+    ];
+    let mut names = vec!["id", "v_at", "v_rank", "v_occurred", "v_seq", "snapshot"];
+    let mut params = vec![
+        "$1::text[]".to_owned(),
+        "$2::timestamptz[]".to_owned(),
+        "$3::int2[]".to_owned(),
+        "$4::timestamptz[]".to_owned(),
+        "$5::int8[]".to_owned(),
+        "$6::text[]".to_owned(),
+    ];
+    for (i, (name, sql_type)) in columns.iter().enumerate() {
+        select.push((*name).to_owned());
+        names.push(name);
+        params.push(format!("${}::{sql_type}[]", i + 7));
+    }
+    let updates: Vec<String> = names[1..]
+        .iter()
+        .map(|n| format!("{n} = excluded.{n}"))
+        .collect();
+    let sql = format!(
+        "insert into {target} as t ({names})
+         select {select} from unnest({params}) as u({names})
+         on conflict (id) do update set {updates}
+         where (excluded.v_at, excluded.v_rank, excluded.v_occurred, excluded.v_seq)
+             > (t.v_at, t.v_rank, t.v_occurred, t.v_seq)",
+        target = generation.qualify(table.name()),
+        names = names.join(", "),
+        select = select.join(", "),
+        params = params.join(", "),
+        updates = updates.join(", "),
+    );
+
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_ref()).collect();
+    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.version.at).collect();
+    let rank: Vec<i16> = rows.iter().map(|r| r.version.rank as i16).collect();
+    let occurred: Vec<DateTime<Utc>> = rows.iter().map(|r| r.version.occurred).collect();
+    let seq: Vec<i64> = rows.iter().map(|r| r.version.seq).collect();
+    let snapshots: Vec<&str> = rows.iter().map(|r| r.snapshot).collect();
+    let mut query = sqlx::query(AssertSqlSafe(sql))
+        .bind(ids)
+        .bind(at)
+        .bind(rank)
+        .bind(occurred)
+        .bind(seq)
+        .bind(snapshots);
+    for i in 0..columns.len() {
+        query = match rows.first().map(|r| &r.columns[i]) {
+            Some(Column::Bool(_)) => query.bind(
+                rows.iter()
+                    .map(|r| matches!(r.columns[i], Column::Bool(true)))
+                    .collect::<Vec<bool>>(),
+            ),
+            Some(Column::Time(_)) => query.bind(
+                rows.iter()
+                    .map(|r| match r.columns[i] {
+                        Column::Time(t) => t,
+                        _ => None,
+                    })
+                    .collect::<Vec<Option<DateTime<Utc>>>>(),
+            ),
+            _ => query.bind(
+                rows.iter()
+                    .map(|r| match &r.columns[i] {
+                        Column::Text(t) => t.as_deref(),
+                        _ => None,
+                    })
+                    .collect::<Vec<Option<&str>>>(),
+            ),
+        };
+    }
+    query.execute(&mut *tx).await?;
+    Ok(())
+}
+
+async fn upsert_states(
+    tx: &mut PgConnection,
+    generation: &Generation,
+    rows: &[StateChange<'_>],
+) -> sqlx::Result<()> {
+    let sql = format!(
+        "insert into {target} as t (customer_id, state_at, v_seq, snapshot)
+         select customer_id, state_at, v_seq, snapshot::jsonb
+         from unnest($1::text[], $2::timestamptz[], $3::int8[], $4::text[]) as u(customer_id, state_at, v_seq, snapshot)
+         on conflict (customer_id) do update
+             set state_at = excluded.state_at, v_seq = excluded.v_seq, snapshot = excluded.snapshot
+         where (excluded.state_at, excluded.v_seq) > (t.state_at, t.v_seq)",
+        target = generation.qualify("customer_states"),
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(
+            rows.iter()
+                .map(|r| r.customer_id.as_ref())
+                .collect::<Vec<&str>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.state_at)
+                .collect::<Vec<DateTime<Utc>>>(),
+        )
+        .bind(rows.iter().map(|r| r.seq).collect::<Vec<i64>>())
+        .bind(rows.iter().map(|r| r.snapshot).collect::<Vec<&str>>())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Rebuilds the materialised effective rows of `customers` from the views.
+async fn recompute_effective(
+    tx: &mut PgConnection,
+    generation: &Generation,
+    customers: &[String],
+) -> sqlx::Result<()> {
+    for (table, columns) in [
+        (
+            "effective_grants",
+            "customer_id, grant_id, benefit_id, created_at, item",
+        ),
+        (
+            "effective_subscriptions",
+            "customer_id, subscription_id, created_at, item",
+        ),
+    ] {
+        sqlx::query(AssertSqlSafe(format!(
+            "delete from {} where customer_id = any($1)",
+            generation.qualify(table)
+        )))
+        .bind(customers)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "insert into {target} ({columns})
+             select {columns} from {view} where customer_id = any($1)
+             on conflict do nothing",
+            target = generation.qualify(table),
+            view = generation.qualify(&format!("{table}_v")),
+        )))
+        .bind(customers)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn record_failures(
+    tx: &mut PgConnection,
+    generation: &Generation,
+    failures: &BTreeMap<i64, (&str, Option<String>, String)>,
+) -> sqlx::Result<()> {
+    let sql = format!(
+        "insert into {} (seq, webhook_id, event_type, reason)
+         select * from unnest($1::int8[], $2::text[], $3::text[], $4::text[])
+         on conflict (seq) do nothing",
+        generation.qualify("apply_failures"),
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(failures.keys().copied().collect::<Vec<i64>>())
+        .bind(failures.values().map(|(w, _, _)| *w).collect::<Vec<&str>>())
+        .bind(
+            failures
+                .values()
+                .map(|(_, t, _)| t.as_deref())
+                .collect::<Vec<Option<&str>>>(),
+        )
+        .bind(
+            failures
+                .values()
+                .map(|(_, _, r)| r.as_str())
+                .collect::<Vec<&str>>(),
+        )
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Records an event the database refused even on its own.
+pub async fn record_refusal(
+    tx: &mut PgConnection,
+    generation: &Generation,
+    event: &IncomingEvent,
+    reason: &str,
+) -> sqlx::Result<()> {
+    let mut failures = BTreeMap::new();
+    failures.insert(
+        event.seq,
+        (
+            event.webhook_id.as_str(),
+            None,
+            format!("the database refused it: {}", reason.replace('\0', "")),
+        ),
+    );
+    record_failures(tx, generation, &failures).await
+}

@@ -1,0 +1,284 @@
+//! The consumer against a Kafka-protocol broker (librdkafka's mock cluster):
+//! exactly-once application across failed transactions, crashes and
+//! rebalances. Each test checks the end state against in-order application.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use hookstream_projector::projection::{IncomingEvent, dump, generation};
+use hookstream_projector::{Application, ProjectorConfig};
+use hookstream_shared::config::Settings;
+use hookstream_shared::envelope;
+use hookstream_shared::kafka::EmbeddedKafka;
+
+use crate::helpers::{TOKEN, apply_into};
+use crate::order_independence::polarsim_stream;
+
+const PARTITIONS: i32 = 3;
+
+struct Topic {
+    kafka: EmbeddedKafka,
+    name: String,
+}
+
+fn topic() -> Topic {
+    hookstream_shared::telemetry::init_for_tests();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    let name = format!("test-{}", uuid::Uuid::new_v4());
+    kafka.create_topic(&name, PARTITIONS).unwrap();
+    Topic { kafka, name }
+}
+
+/// Publishes events as ingest's relay does: keyed by customer, raw body,
+/// hookstream's headers.
+async fn publish(topic: &Topic, events: &[IncomingEvent]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", topic.kafka.bootstrap_servers())
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    for event in events {
+        let parsed = envelope::parse(&event.body).unwrap();
+        let key = parsed
+            .partition_key
+            .unwrap_or_else(|| event.webhook_id.clone());
+        let seq = event.seq.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "webhook-id",
+                value: Some(event.webhook_id.as_str()),
+            })
+            .insert(Header {
+                key: "event-type",
+                value: Some(parsed.event_type.as_str()),
+            })
+            .insert(Header {
+                key: "source",
+                value: Some("polar"),
+            })
+            .insert(Header {
+                key: "seq",
+                value: Some(seq.as_str()),
+            });
+        producer
+            .send(
+                FutureRecord::to(&topic.name)
+                    .key(&key)
+                    .payload(&event.body)
+                    .headers(headers),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+fn config(topic: &Topic, extra: &[(&str, &str)]) -> ProjectorConfig {
+    let mut vars: Vec<(String, String)> = vec![
+        (
+            "DATABASE_URL".into(),
+            "postgres://unused@127.0.0.1/unused".into(),
+        ),
+        (
+            "KAFKA_BROKERS".into(),
+            topic.kafka.bootstrap_servers().into(),
+        ),
+        ("KAFKA_TOPIC".into(), topic.name.clone()),
+        ("PROJECTOR_API_TOKENS".into(), TOKEN.into()),
+        ("PROJECTOR_LISTEN".into(), "127.0.0.1:0".into()),
+        ("PROJECTOR_BATCH_SIZE".into(), "200".into()),
+        ("PROJECTOR_SESSION_TIMEOUT_MS".into(), "6000".into()),
+    ];
+    for (k, v) in extra {
+        vars.retain(|(name, _)| name != k);
+        vars.push((k.to_string(), v.to_string()));
+    }
+    ProjectorConfig::from_settings(&Settings::from_vars(vars).unwrap()).unwrap()
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(pool: &PgPool, config: ProjectorConfig) -> Running {
+    let app = Application::build_with_pool(config, pool.clone())
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    Running { stop, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Waits until the stored offsets cover `count` messages.
+async fn wait_consumed(pool: &PgPool, topic: &str, count: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let consumed: Option<i64> = sqlx::query_scalar(
+            "select sum(next_offset)::bigint from projector_offsets where topic = $1",
+        )
+        .bind(topic)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if consumed.unwrap_or(0) >= count as i64 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumed {consumed:?} of {count} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The live generation equals in-order application of `events`.
+async fn assert_live_equals_in_order(pool: &PgPool, events: &[IncomingEvent]) {
+    let reference = generation::create(pool, "test").await.unwrap();
+    apply_into(pool, &reference, events, 1).await;
+    let expected = dump::dump(pool, &reference).await.unwrap();
+    let live = generation::live(pool).await.unwrap().unwrap();
+    let actual = dump::dump(pool, &live).await.unwrap();
+    let differences = dump::compare(&expected, &actual);
+    assert!(
+        differences.is_empty(),
+        "{} rows differ; first: {:#?}",
+        differences.len(),
+        differences.first()
+    );
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn consumes_the_topic_into_the_projections(pool: PgPool) {
+    let topic = topic();
+    let events = polarsim_stream();
+    publish(&topic, events).await;
+    let running = start(&pool, config(&topic, &[])).await;
+    wait_consumed(&pool, &topic.name, events.len(), Duration::from_secs(60)).await;
+    running.stop().await;
+    assert_live_equals_in_order(&pool, events).await;
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn failed_transactions_neither_skip_nor_double_apply(pool: PgPool) {
+    let topic = topic();
+    let events = polarsim_stream();
+    // Every third batch fails at its offsets write, after its projection writes:
+    // the whole transaction must roll back and the batch be re-read.
+    sqlx::raw_sql(
+        "create sequence sabotage;
+         create function sabotage() returns trigger language plpgsql as $$
+         begin
+             if nextval('sabotage') % 3 = 0 then raise exception 'injected failure'; end if;
+             return null;
+         end $$;
+         create trigger sabotage before insert or update on projector_offsets
+             for each statement execute function sabotage();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    publish(&topic, events).await;
+    let running = start(&pool, config(&topic, &[("PROJECTOR_BATCH_SIZE", "97")])).await;
+    wait_consumed(&pool, &topic.name, events.len(), Duration::from_secs(120)).await;
+    running.stop().await;
+    let injected: i64 = sqlx::query_scalar("select last_value from sabotage")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(injected >= 3, "failures were injected");
+    sqlx::raw_sql("drop trigger sabotage on projector_offsets")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_live_equals_in_order(&pool, events).await;
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn a_projector_killed_mid_stream_resumes_exactly_where_it_committed(pool: PgPool) {
+    let topic = topic();
+    let events = polarsim_stream();
+    publish(&topic, events).await;
+    generation::ensure_live(&pool).await.unwrap();
+    let database: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let url = format!(
+        "{}/{database}",
+        base.rsplit_once('/').expect("url with a database").0
+    );
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+            .env_clear()
+            .env("DATABASE_URL", &url)
+            .env("KAFKA_BROKERS", topic.kafka.bootstrap_servers())
+            .env("KAFKA_TOPIC", &topic.name)
+            .env("PROJECTOR_API_TOKENS", TOKEN)
+            .env("PROJECTOR_LISTEN", "127.0.0.1:0")
+            .env("PROJECTOR_BATCH_SIZE", "50")
+            .env("PROJECTOR_SESSION_TIMEOUT_MS", "3000")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("projector binary starts")
+    };
+    let consumed = || async {
+        let n: Option<i64> =
+            sqlx::query_scalar("select sum(next_offset)::bigint from projector_offsets")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        n.unwrap_or(0)
+    };
+    // Kill -9 as soon as some progress is made, several times over.
+    let mut kills = 0;
+    while kills < 4 && consumed().await < events.len() as i64 {
+        let mut child = spawn();
+        let before = consumed().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while consumed().await == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child.kill().unwrap(); // SIGKILL: no shutdown, mid-batch as likely as not
+        child.wait().unwrap();
+        kills += 1;
+    }
+    assert!(kills >= 2, "the projector was killed mid-stream");
+    let mut child = spawn();
+    wait_consumed(&pool, &topic.name, events.len(), Duration::from_secs(120)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_live_equals_in_order(&pool, events).await;
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn two_replicas_share_the_partitions_and_one_takes_over_when_the_other_leaves(pool: PgPool) {
+    let topic = topic();
+    let events = polarsim_stream();
+    let (first, rest) = events.split_at(events.len() / 2);
+    publish(&topic, first).await;
+    let a = start(&pool, config(&topic, &[])).await;
+    let b = start(&pool, config(&topic, &[])).await;
+    wait_consumed(&pool, &topic.name, first.len(), Duration::from_secs(60)).await;
+    // One replica leaves; the rest of the stream must still be applied, once.
+    a.stop().await;
+    publish(&topic, rest).await;
+    wait_consumed(&pool, &topic.name, events.len(), Duration::from_secs(60)).await;
+    b.stop().await;
+    assert_live_equals_in_order(&pool, events).await;
+}

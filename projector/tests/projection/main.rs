@@ -1,0 +1,8 @@
+//! Projection tests: events applied straight into a generation of a throwaway
+//! database, read back through the real read API (in-process).
+
+mod api;
+mod consumer;
+mod families;
+mod helpers;
+mod order_independence;

@@ -1,0 +1,199 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+
+use hookstream_local::Pipeline;
+use hookstream_tests::{generate, polarsim_command, read_events};
+
+const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
+const TOKEN: &str = "e2e-token-123";
+
+fn settings(topic: &str) -> Vec<(String, String)> {
+    [
+        ("DATABASE_URL", "postgres://unused@127.0.0.1/unused"),
+        ("KAFKA_TOPIC", topic),
+        ("KAFKA_TOPIC_PARTITIONS", "4"),
+        ("POLAR_WEBHOOK_SECRET", SECRET),
+        ("PROJECTOR_API_TOKENS", TOKEN),
+        ("INGEST_LISTEN", "127.0.0.1:0"),
+        ("PROJECTOR_LISTEN", "127.0.0.1:0"),
+        ("RELAY_POLL_INTERVAL_MS", "200"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// The webhook-id of every message on the topic, with its count.
+fn topic_ids(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    within: Duration,
+) -> BTreeMap<String, usize> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("e2e-reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        assignment
+            .add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + within;
+    while ids.values().sum::<usize>() < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100))
+            && let Some(id) = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "webhook-id"))
+                .and_then(|h| h.value)
+        {
+            *ids.entry(String::from_utf8_lossy(id).into_owned())
+                .or_default() += 1;
+        }
+    }
+    ids
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn a_polarsim_stream_with_duplicates_and_reordering_ends_in_the_true_state(pool: PgPool) {
+    hookstream_shared::telemetry::init_for_tests();
+    let customers: u32 = std::env::var("E2E_CUSTOMERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-seed5-{customers}"));
+    generate(&dir, 5, customers, 90).unwrap();
+    let events = read_events(&dir.join("events.jsonl")).unwrap();
+
+    let topic = format!("e2e-{}", uuid::Uuid::new_v4());
+    let pipeline = Pipeline::start_with_pool(settings(&topic), pool.clone())
+        .await
+        .unwrap();
+    let ingest_url = format!("http://{}/webhooks/polar", pipeline.ingest_address);
+    let api_url = format!("http://{}", pipeline.projector_address);
+
+    // Deliver like Polar: signed with the raw secret, 20% delivered twice,
+    // shuffled within windows of 50, retried on any non-2xx.
+    let mut send = polarsim_command("send").unwrap();
+    send.arg(dir.join("events.jsonl"))
+        .args(["--url", &ingest_url, "--secret", SECRET])
+        .args([
+            "--dup-rate",
+            "0.2",
+            "--reorder-window",
+            "50",
+            "--concurrency",
+            "16",
+            "--seed",
+            "9",
+        ]);
+    // Off the runtime: the services under test run on it.
+    let send = tokio::task::spawn_blocking(move || send.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let report = String::from_utf8_lossy(&send.stdout).into_owned();
+    assert!(
+        send.status.success(),
+        "polarsim send failed:\n{report}\n{}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+
+    // Every event is in the log exactly once, body byte for byte.
+    let logged: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("select webhook_id, body from event_log order by seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        logged.len(),
+        events.len(),
+        "one row per event, duplicates dropped"
+    );
+    let by_id: BTreeMap<&str, &[u8]> = logged
+        .iter()
+        .map(|(id, body)| (id.as_str(), body.as_slice()))
+        .collect();
+    assert_eq!(by_id.len(), events.len());
+    for event in &events {
+        assert_eq!(
+            by_id.get(event.webhook_id.as_str()).copied(),
+            Some(event.body.as_bytes()),
+            "{}",
+            event.webhook_id
+        );
+    }
+
+    // Every event reaches the topic.
+    let bootstrap = pipeline
+        .kafka
+        .as_ref()
+        .unwrap()
+        .bootstrap_servers()
+        .to_owned();
+    let topic_name = topic.clone();
+    let expected = events.len();
+    let on_topic = tokio::task::spawn_blocking(move || {
+        topic_ids(&bootstrap, &topic_name, expected, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    let wanted: BTreeSet<&str> = events.iter().map(|e| e.webhook_id.as_str()).collect();
+    let got: BTreeSet<&str> = on_topic.keys().map(String::as_str).collect();
+    assert_eq!(wanted, got, "every event on the topic");
+
+    // And the projections match polarsim's own ground truth, read through Polar's SDK.
+    let mut verify = polarsim_command("verify").unwrap();
+    verify.arg(dir.join("expected.json")).args([
+        "--api",
+        &api_url,
+        "--token",
+        TOKEN,
+        "--timeout",
+        "60",
+    ]);
+    let verify = tokio::task::spawn_blocking(move || verify.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let verdict = String::from_utf8_lossy(&verify.stdout).into_owned();
+    assert!(
+        verify.status.success(),
+        "polarsim verify failed:\n{verdict}\n{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let (matched, total) = verdict
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("verify: ")?
+                .split_once(' ')?
+                .0
+                .split_once('/')
+        })
+        .map(|(m, t)| (m.parse::<u32>().unwrap(), t.parse::<u32>().unwrap()))
+        .expect("a verify summary line");
+    assert!(total > customers / 2 && matched == total, "{verdict}");
+
+    // Nothing was refused as unappliable.
+    let failures: i64 = sqlx::query_scalar("select count(*) from projection.apply_failures")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(failures, 0);
+    pipeline.stop().await.unwrap();
+}

@@ -165,11 +165,22 @@ pub async fn ensure_topic(settings: &KafkaSettings) -> anyhow::Result<()> {
         .create()
         .context("cannot create a Kafka admin client")?;
     // Listing all topics never triggers auto-creation, unlike asking for one.
-    let existing = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))
-        .context("cannot read Kafka metadata")?;
-    if existing.topics().iter().any(|t| t.name() == settings.topic) {
+    // librdkafka's metadata call blocks its thread for up to the timeout (a
+    // broker that is down makes that the whole timeout), so it runs on the
+    // blocking pool, never on a runtime worker.
+    let (admin, exists) = {
+        let topic = settings.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let exists = admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(|m| m.topics().iter().any(|t| t.name() == topic));
+            (admin, exists)
+        })
+        .await
+        .context("metadata task")?
+    };
+    if exists.context("cannot read Kafka metadata")? {
         return Ok(());
     }
     let topic = NewTopic::new(

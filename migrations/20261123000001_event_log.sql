@@ -1,5 +1,5 @@
 -- The event log: the source of truth. One row per (source, webhook-id), the body
--- kept byte for byte as received. Append-only apart from `published_at`.
+-- kept byte for byte as received. Append-only: rows are never updated.
 create table event_log (
     seq           bigint generated always as identity primary key,
     source        text        not null,
@@ -11,25 +11,23 @@ create table event_log (
     occurred_at   timestamptz not null,
     received_at   timestamptz not null default now(),
     body          bytea       not null,
-    -- Null until Kafka has acknowledged the message.
-    published_at  timestamptz,
     constraint event_log_source_webhook_id_key unique (source, webhook_id)
 );
 
--- The relay's work queue: only unpublished rows, in seq order. Stays small in
--- steady state, so scanning it is cheap however long the log grows.
-create index event_log_unpublished_idx on event_log (seq) where published_at is null;
-
--- Wake the relay (in whichever replica leads) once per appending statement, so
--- publishing does not wait for a poll interval.
-create function event_log_notify_appended() returns trigger
-language plpgsql as $$
+-- Bodies (3 KB on average for Polar) are compressed inline; lz4 costs a
+-- fraction of the default pglz. Servers built without lz4 keep pglz.
+do $$
 begin
-    perform pg_notify('event_log_appended', '');
-    return null;
+    alter table event_log alter column body set compression lz4;
+exception when feature_not_supported or invalid_parameter_value then
+    raise notice 'lz4 not available; event bodies use the default compression';
 end
 $$;
 
-create trigger event_log_appended
-    after insert on event_log
-    for each statement execute function event_log_notify_appended();
+-- The relay's work queue: the seqs not yet acknowledged by Kafka. Filled by
+-- the same statement that appends, emptied by the relay. Keeping it apart
+-- leaves event_log append-only: marking a log row published would rewrite
+-- the whole row (body included) and every index entry.
+create table event_log_outbox (
+    seq bigint primary key
+);

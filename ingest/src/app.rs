@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use sqlx::PgPool;
@@ -15,10 +14,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use hookstream_shared::db;
+use hookstream_shared::http::no_delay;
 
 use crate::appender::Appender;
 use crate::config::IngestConfig;
-use crate::http::{AppState, router};
+use crate::http::{AppState, Source, router};
 use crate::metrics::IngestMetrics;
 use crate::relay::Relay;
 use crate::signature::{SigningKeys, Verifier};
@@ -55,9 +55,13 @@ impl Application {
         for source in &config.sources {
             let keys = SigningKeys::derive(source.key_rule, &source.secrets)
                 .map_err(|e| anyhow::anyhow!("source {}: {e}", source.name))?;
-            sources.insert(source.name.clone(), Verifier::new(keys, config.tolerance));
+            let verifier = Verifier::new(keys, config.tolerance);
+            sources.insert(
+                source.name.clone(),
+                Source::new(&source.name, verifier, &metrics),
+            );
         }
-        let relay = Relay::new(
+        let (relay, fresh) = Relay::new(
             pool.clone(),
             // The relay holds its leader lock on a connection of its own, to
             // the same database as the pool.
@@ -69,18 +73,18 @@ impl Application {
             metrics.clone(),
         )?;
         let (appender, batcher) =
-            Appender::start(pool.clone(), config.batch.clone(), metrics.clone());
+            Appender::start(pool.clone(), config.batch.clone(), metrics.clone(), fresh);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on INGEST_LISTEN={}", config.listen))?;
         let address = listener.local_addr()?;
         let state = AppState {
-            sources: Arc::new(sources),
+            sources,
             appender,
             pool,
             metrics,
             limits: config.http.clone(),
-            in_flight: Arc::new(Semaphore::new(config.http.max_in_flight)),
+            in_flight: Semaphore::new(config.http.max_in_flight),
         };
         Ok(Self {
             listener,
@@ -125,7 +129,7 @@ impl Application {
         let relay_task = tokio::spawn(relay.run(relay_stop.clone(), config.shutdown_grace));
 
         let app = router(state);
-        axum::serve(listener, app)
+        axum::serve(no_delay(listener), app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
             .context("HTTP server failed")?;

@@ -10,6 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::relay::{FreshEvents, Outgoing};
+
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -55,10 +57,12 @@ impl std::fmt::Debug for AppendRequest {
 impl Appender {
     /// Starts the batcher; returns the handle and the batcher's task, which
     /// ends once every handle is gone and every batch has committed.
+    /// Every committed batch's new events are offered to `fresh` (the relay).
     pub fn start(
         pool: PgPool,
         settings: BatchSettings,
         metrics: IngestMetrics,
+        fresh: FreshEvents,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, inbox) = mpsc::channel(settings.queue_capacity);
         let appender = Self {
@@ -66,7 +70,7 @@ impl Appender {
             append_timeout: settings.append_timeout,
             metrics: metrics.clone(),
         };
-        let batcher = tokio::spawn(run_batcher(inbox, pool, settings, metrics));
+        let batcher = tokio::spawn(run_batcher(inbox, pool, settings, metrics, fresh));
         (appender, batcher)
     }
 
@@ -109,6 +113,7 @@ async fn run_batcher(
     pool: PgPool,
     settings: BatchSettings,
     metrics: IngestMetrics,
+    fresh: FreshEvents,
 ) {
     let slots = Arc::new(Semaphore::new(settings.commit_concurrency));
     let mut commits = JoinSet::new();
@@ -136,7 +141,13 @@ async fn run_batcher(
             }
         }
         metrics.queue_depth.sub(batch.len() as i64);
-        commits.spawn(commit(pool.clone(), batch, permit, metrics.clone()));
+        commits.spawn(commit(
+            pool.clone(),
+            batch,
+            permit,
+            metrics.clone(),
+            fresh.clone(),
+        ));
         while commits.try_join_next().is_some() {}
     }
     while commits.join_next().await.is_some() {}
@@ -147,6 +158,7 @@ async fn commit(
     batch: Vec<AppendRequest>,
     _slot: OwnedSemaphorePermit,
     metrics: IngestMetrics,
+    fresh: FreshEvents,
 ) {
     let (events, replies): (Vec<NewEvent>, Vec<_>) =
         batch.into_iter().map(|r| (r.event, r.reply)).unzip();
@@ -158,9 +170,10 @@ async fn commit(
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(outcomes) => {
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(Ok(outcome));
+            for (reply, outcome) in replies.into_iter().zip(&outcomes) {
+                let _ = reply.send(Ok(*outcome));
             }
+            fresh.offer(new_events(events, &outcomes));
         }
         Err(e) if events.len() > 1 && is_caused_by_the_data(&e) => {
             // One event the database refuses must not fail its batch-mates:
@@ -186,6 +199,25 @@ async fn commit(
             }
         }
     }
+}
+
+/// The events a batch actually added, ready for the relay.
+fn new_events(events: Vec<NewEvent>, outcomes: &[Appended]) -> Vec<Outgoing> {
+    events
+        .into_iter()
+        .zip(outcomes)
+        .filter_map(|(e, outcome)| match outcome {
+            Appended::New { seq } => Some(Outgoing {
+                seq: *seq,
+                source: e.source,
+                webhook_id: e.webhook_id,
+                event_type: e.event_type,
+                partition_key: e.partition_key,
+                body: e.body,
+            }),
+            Appended::Duplicate { .. } => None,
+        })
+        .collect()
 }
 
 /// Data exceptions (class 22) and integrity violations other than the unique

@@ -76,8 +76,12 @@ pub struct BatchSettings {
 pub struct RelaySettings {
     /// `RELAY_BATCH_SIZE` (1000): rows read and published per round.
     pub batch_size: usize,
-    /// `RELAY_POLL_INTERVAL_MS` (1000): fallback poll when no notification arrives.
+    /// `RELAY_POLL_INTERVAL_MS` (500): how often the leader sweeps the outbox.
     pub poll_interval: Duration,
+    /// `RELAY_SWEEP_AFTER_MS` (5000): how long a queued event is left to the
+    /// replica that appended it (which publishes it within milliseconds)
+    /// before the leader's sweep publishes it instead.
+    pub sweep_after: Duration,
     /// `RELAY_STANDBY_RETRY_MS` (2000): how often a standby replica tries to lead.
     pub standby_retry: Duration,
     /// `KAFKA_MESSAGE_TIMEOUT_MS` (30000): librdkafka's delivery timeout.
@@ -121,7 +125,8 @@ impl IngestConfig {
             },
             relay: RelaySettings {
                 batch_size: settings.positive_or("RELAY_BATCH_SIZE", 1000)?,
-                poll_interval: settings.millis_or("RELAY_POLL_INTERVAL_MS", 1000)?,
+                poll_interval: settings.millis_or("RELAY_POLL_INTERVAL_MS", 500)?,
+                sweep_after: settings.millis_or("RELAY_SWEEP_AFTER_MS", 5000)?,
                 standby_retry: settings.millis_or("RELAY_STANDBY_RETRY_MS", 2000)?,
                 message_timeout,
             },

@@ -34,6 +34,9 @@ pub struct IngestMetrics {
     pub relay_lag_seconds: Gauge,
     /// Events Kafka acknowledged.
     pub relay_published: IntCounter,
+    /// Of those, events the leader's sweep published (their own replica did
+    /// not): non-zero after crashes and Kafka outages, near zero otherwise.
+    pub relay_swept: IntCounter,
     /// Events Kafka did not acknowledge (retried later).
     pub relay_publish_errors: IntCounter,
 }
@@ -89,6 +92,11 @@ impl IngestMetrics {
         let relay_published =
             IntCounter::new("relay_published_total", "Events acknowledged by Kafka")
                 .expect("metric");
+        let relay_swept = IntCounter::new(
+            "relay_swept_total",
+            "Events published by the leader's sweep of the outbox",
+        )
+        .expect("metric");
         let relay_publish_errors = IntCounter::new(
             "relay_publish_errors_total",
             "Events Kafka did not acknowledge (retried)",
@@ -106,6 +114,7 @@ impl IngestMetrics {
             Box::new(relay_backlog.clone()),
             Box::new(relay_lag_seconds.clone()),
             Box::new(relay_published.clone()),
+            Box::new(relay_swept.clone()),
             Box::new(relay_publish_errors.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
@@ -123,6 +132,7 @@ impl IngestMetrics {
             relay_backlog,
             relay_lag_seconds,
             relay_published,
+            relay_swept,
             relay_publish_errors,
         }
     }

@@ -1,25 +1,38 @@
-//! The relay: publishes committed log rows to Kafka and marks them published
-//! once Kafka has acknowledged them.
+//! The relay: gets every committed event to Kafka and dequeues it from the
+//! outbox once Kafka has acknowledged it.
 //!
-//! It always asks the log for every unpublished row in `seq` order rather than
-//! for rows after a "highest published" cursor: concurrent batches commit out of
-//! `seq` order, and a cursor would skip a low seq that commits late.
+//! Two paths, one guarantee:
 //!
-//! With several ingest replicas, one relay leads: the one holding a Postgres
-//! advisory lock on its own connection. The lock dies with that connection, so
-//! a crashed leader is replaced within `RELAY_STANDBY_RETRY_MS`. Kafka being
-//! down stalls only the relay; webhooks are still accepted into the log.
+//! - **Fresh events.** The appender hands each committed batch to its own
+//!   replica's relay, in memory. The relay publishes it at once and dequeues
+//!   what Kafka acknowledged. No body is read back from Postgres.
+//! - **The sweep.** The outbox is the durable record of what is still to be
+//!   published. One replica leads (a Postgres advisory lock held on its own
+//!   connection; a crashed leader's lock dies with the connection) and
+//!   publishes every queued row older than `RELAY_SWEEP_AFTER_MS`: events whose
+//!   replica crashed between commit and publish, events Kafka refused, events
+//!   the in-memory hand-over dropped because it was full.
+//!
+//! The sweep asks for everything queued, in `seq` order, rather than for rows
+//! after a "highest published" cursor: concurrent batches commit out of `seq`
+//! order, and a cursor would skip a low seq that commits late. An event can
+//! reach Kafka twice (published, then the replica dies before dequeuing it);
+//! consumers tell copies apart by the `seq` header.
+//!
+//! Kafka being down stalls only the relay; webhooks are still accepted.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use chrono::Utc;
 use futures::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use hookstream_shared::event_log::{self, LoggedEvent};
@@ -28,17 +41,58 @@ use hookstream_shared::kafka::{self, KafkaSettings, header};
 use crate::config::RelaySettings;
 use crate::metrics::IngestMetrics;
 
-/// Advisory lock key of the relay leader ("hookrela" in ASCII).
+/// Advisory lock key of the sweeping leader ("hookrela" in ASCII).
 const LEADER_LOCK_KEY: i64 = 0x686f_6f6b_7265_6c61;
-/// The channel the event log's insert trigger notifies.
-const APPENDED_CHANNEL: &str = "event_log_appended";
 /// How often the leader measures the backlog for the metrics.
 const BACKLOG_MEASURE_INTERVAL: Duration = Duration::from_secs(5);
+/// Committed batches waiting for the fresh path; beyond this they are left to
+/// the sweep rather than held in memory.
+const FRESH_QUEUE_BATCHES: usize = 256;
+
+/// An event on its way to Kafka.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub seq: i64,
+    pub source: String,
+    pub webhook_id: String,
+    pub event_type: String,
+    pub partition_key: String,
+    pub body: Bytes,
+}
+
+impl From<LoggedEvent> for Outgoing {
+    fn from(e: LoggedEvent) -> Self {
+        Self {
+            seq: e.seq,
+            source: e.source,
+            webhook_id: e.webhook_id,
+            event_type: e.event_type,
+            partition_key: e.partition_key,
+            body: Bytes::from(e.body),
+        }
+    }
+}
+
+/// The appender's side of the in-memory hand-over.
+#[derive(Debug, Clone)]
+pub struct FreshEvents(mpsc::Sender<Vec<Outgoing>>);
+
+impl FreshEvents {
+    /// Offers committed events for publishing. Never waits: when the relay is
+    /// behind, the events stay queued in the outbox for the sweep.
+    pub fn offer(&self, events: Vec<Outgoing>) {
+        if !events.is_empty() {
+            let _ = self.0.try_send(events);
+        }
+    }
+}
 
 /// Publishes the event log to Kafka.
 pub struct Relay {
     pool: PgPool,
     connect: PgConnectOptions,
+    /// Taken by `run`.
+    fresh: Option<mpsc::Receiver<Vec<Outgoing>>>,
     producer: FutureProducer,
     kafka: KafkaSettings,
     settings: RelaySettings,
@@ -55,13 +109,15 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
+    /// The relay and the hand-over its replica's appender feeds. `connect`
+    /// opens the leader's own connection (the lock lives and dies with it).
     pub fn new(
         pool: PgPool,
         connect: PgConnectOptions,
         kafka: KafkaSettings,
         settings: RelaySettings,
         metrics: IngestMetrics,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<(Self, FreshEvents)> {
         let producer: FutureProducer = kafka
             .client_config()?
             // Idempotence implies acks=all and keeps per-partition order across
@@ -74,48 +130,91 @@ impl Relay {
             .set("linger.ms", "5")
             .create()
             .context("cannot create the Kafka producer")?;
-        Ok(Self {
+        let (sender, fresh) = mpsc::channel(FRESH_QUEUE_BATCHES);
+        let relay = Self {
             pool,
             connect,
+            fresh: Some(fresh),
             producer,
             kafka,
             settings,
             metrics,
-        })
+        };
+        Ok((relay, FreshEvents(sender)))
     }
 
-    /// Runs until `stop` is cancelled. Once it is, a leader keeps publishing
-    /// until the log has nothing unpublished or `drain_for` has passed, then the
-    /// producer is flushed.
-    pub async fn run(self, stop: CancellationToken, drain_for: Duration) {
+    /// Runs until `stop` is cancelled and the appender is gone. Then the fresh
+    /// path publishes what it was handed, the leader sweeps everything still
+    /// queued (no age limit), both within `drain_for`, and the producer is
+    /// flushed.
+    pub async fn run(mut self, stop: CancellationToken, drain_for: Duration) {
+        let Some(fresh) = self.fresh.take() else {
+            return;
+        };
+        let drain_deadline = async {
+            stop.cancelled().await;
+            tokio::time::sleep(drain_for).await;
+        };
+        tokio::select! {
+            () = async { tokio::join!(self.publish_fresh(fresh), self.sweep(&stop)); } => {}
+            () = drain_deadline => {
+                tracing::warn!(?drain_for, "stopping with events still queued; they are published on the next start");
+            }
+        }
+        // flush blocks its thread until librdkafka's queue is empty.
+        let producer = self.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            producer.flush(Timeout::After(Duration::from_secs(5)))
+        })
+        .await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!(error = %e, "Kafka producer did not flush");
+        }
+    }
+
+    /// Publishes batches the appender hands over, until the appender is gone.
+    async fn publish_fresh(&self, mut fresh: mpsc::Receiver<Vec<Outgoing>>) {
+        while let Some(mut events) = fresh.recv().await {
+            while events.len() < self.settings.batch_size {
+                match fresh.try_recv() {
+                    Ok(more) => events.extend(more),
+                    Err(_) => break,
+                }
+            }
+            let (published, _failed) = self.publish(&events).await;
+            if !published.is_empty()
+                && let Err(e) = event_log::mark_published(&self.pool, &published).await
+            {
+                // Left queued: the sweep publishes them again, once.
+                tracing::warn!(error = %e, "cannot dequeue published events");
+            }
+        }
+    }
+
+    /// Campaigns for the lead and, while leading, sweeps the outbox.
+    async fn sweep(&self, stop: &CancellationToken) {
         let mut failures = 0u32;
-        while !stop.is_cancelled() {
+        loop {
             match self.campaign().await {
                 Ok(Some(mut lock_connection)) => {
-                    tracing::info!("relay leads: publishing the event log to Kafka");
+                    tracing::info!("relay leads: sweeping the outbox");
                     self.metrics.relay_leader.set(1);
                     failures = 0;
-                    let drain_deadline = async {
-                        stop.cancelled().await;
-                        tokio::time::sleep(drain_for).await;
-                    };
-                    let outcome = tokio::select! {
-                        outcome = self.lead(&mut lock_connection, &stop) => outcome,
-                        () = drain_deadline => {
-                            tracing::warn!(?drain_for, "stopping with events still unpublished; they are published on the next start");
-                            Ok(())
-                        }
-                    };
+                    let outcome = self.lead(&mut lock_connection, stop).await;
                     self.metrics.relay_leader.set(0);
-                    if let Err(e) = outcome {
-                        tracing::warn!(
+                    let _ = lock_connection.close().await;
+                    match outcome {
+                        Ok(()) => return, // stopped and drained
+                        Err(e) => tracing::warn!(
                             error = format!("{e:#}"),
                             "relay lost its database connection; campaigning again"
-                        );
+                        ),
                     }
-                    let _ = lock_connection.close().await;
                 }
                 Ok(None) => {
+                    if stop.is_cancelled() {
+                        return;
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(self.settings.standby_retry) => {}
                         () = stop.cancelled() => {}
@@ -124,15 +223,15 @@ impl Relay {
                 Err(e) => {
                     failures += 1;
                     tracing::warn!(error = format!("{e:#}"), "relay cannot reach the database");
+                    if stop.is_cancelled() {
+                        return;
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(retry_delay(failures)) => {}
                         () = stop.cancelled() => {}
                     }
                 }
             }
-        }
-        if let Err(e) = self.producer.flush(Timeout::After(Duration::from_secs(5))) {
-            tracing::warn!(error = %e, "Kafka producer did not flush");
         }
     }
 
@@ -153,7 +252,7 @@ impl Relay {
         }
     }
 
-    /// Publishes until stopped and drained, or until the database fails.
+    /// Sweeps until stopped and drained, or until the database fails.
     async fn lead(
         &self,
         connection: &mut PgConnection,
@@ -166,9 +265,8 @@ impl Relay {
                 "cannot ensure the Kafka topic exists"
             );
         }
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(APPENDED_CHANNEL).await?;
         let batch_size = i64::try_from(self.settings.batch_size).unwrap_or(i64::MAX);
+        let sweep_after = chrono::Duration::from_std(self.settings.sweep_after).unwrap_or_default();
         let mut failures = 0u32;
         let mut last_measured: Option<Instant> = None;
         loop {
@@ -176,34 +274,36 @@ impl Relay {
                 self.measure_backlog(&mut *connection).await?;
                 last_measured = Some(Instant::now());
             }
-            let rows = event_log::next_unpublished(&mut *connection, batch_size).await?;
+            let draining = stop.is_cancelled();
+            // While running, only rows their own replica had time to publish;
+            // when stopping, everything.
+            let received_before = if draining {
+                Utc::now()
+            } else {
+                Utc::now() - sweep_after
+            };
+            let rows =
+                event_log::next_unpublished(&mut *connection, batch_size, received_before).await?;
             if rows.is_empty() {
-                if stop.is_cancelled() {
+                if draining {
                     self.measure_backlog(&mut *connection).await?;
                     return Ok(());
                 }
                 tokio::select! {
-                    notified = listener.recv() => {
-                        if let Err(e) = notified {
-                            // The listener reconnects on the next recv; don't spin meanwhile.
-                            tracing::debug!(error = %e, "event log listener interrupted");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
                     () = tokio::time::sleep(self.settings.poll_interval) => {}
                     () = stop.cancelled() => {}
                 }
                 continue;
             }
-            let (published, failed) = self.publish(&rows).await;
+            let events: Vec<Outgoing> = rows.into_iter().map(Outgoing::from).collect();
+            let (published, failed) = self.publish(&events).await;
             if !published.is_empty() {
                 event_log::mark_published(&mut *connection, &published).await?;
-                self.metrics.relay_published.inc_by(published.len() as u64);
+                self.metrics.relay_swept.inc_by(published.len() as u64);
             }
             if failed > 0 {
-                self.metrics.relay_publish_errors.inc_by(failed as u64);
                 failures += 1;
-                if stop.is_cancelled() {
+                if draining {
                     return Ok(());
                 }
                 tokio::select! {
@@ -216,51 +316,53 @@ impl Relay {
         }
     }
 
-    /// Sends every row and waits for Kafka's answers. Returns the seqs Kafka
+    /// Sends every event and waits for Kafka's answers. Returns the seqs Kafka
     /// acknowledged and the number it did not.
-    async fn publish(&self, rows: &[LoggedEvent]) -> (Vec<i64>, usize) {
-        // join_all polls in order, so messages are enqueued in seq order and the
-        // idempotent producer keeps that order within each partition.
-        let deliveries = join_all(rows.iter().map(|row| {
-            let seq = row.seq.to_string();
+    async fn publish(&self, events: &[Outgoing]) -> (Vec<i64>, usize) {
+        // join_all polls in order, so messages are enqueued in the order given
+        // and the idempotent producer keeps it within each partition.
+        let deliveries = join_all(events.iter().map(|event| {
+            let seq = event.seq.to_string();
             let headers = OwnedHeaders::new_with_capacity(4)
                 .insert(Header {
                     key: header::WEBHOOK_ID,
-                    value: Some(row.webhook_id.as_str()),
+                    value: Some(event.webhook_id.as_str()),
                 })
                 .insert(Header {
                     key: header::EVENT_TYPE,
-                    value: Some(row.event_type.as_str()),
+                    value: Some(event.event_type.as_str()),
                 })
                 .insert(Header {
                     key: header::SOURCE,
-                    value: Some(row.source.as_str()),
+                    value: Some(event.source.as_str()),
                 })
                 .insert(Header {
                     key: header::SEQ,
                     value: Some(seq.as_str()),
                 });
             let record = FutureRecord::to(&self.kafka.topic)
-                .key(row.partition_key.as_str())
-                .payload(row.body.as_slice())
+                .key(event.partition_key.as_str())
+                .payload(event.body.as_ref())
                 .headers(headers);
             self.producer
                 .send(record, Timeout::After(self.settings.message_timeout))
         }))
         .await;
-        let mut published = Vec::with_capacity(rows.len());
+        let mut published = Vec::with_capacity(events.len());
         let mut failed = 0;
-        for (row, delivery) in rows.iter().zip(deliveries) {
+        for (event, delivery) in events.iter().zip(deliveries) {
             match delivery {
-                Ok(_) => published.push(row.seq),
+                Ok(_) => published.push(event.seq),
                 Err((e, _)) => {
                     if failed == 0 {
-                        tracing::warn!(error = %e, seq = row.seq, webhook_id = %row.webhook_id, "Kafka did not acknowledge; will retry");
+                        tracing::warn!(error = %e, seq = event.seq, webhook_id = %event.webhook_id, "Kafka did not acknowledge; left queued");
                     }
                     failed += 1;
                 }
             }
         }
+        self.metrics.relay_published.inc_by(published.len() as u64);
+        self.metrics.relay_publish_errors.inc_by(failed as u64);
         (published, failed)
     }
 

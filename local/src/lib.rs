@@ -138,7 +138,7 @@ pub async fn create_database_if_missing(database: &DatabaseSettings) -> anyhow::
             .await?;
     if !exists {
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {quoted}")))
+        sqlx::raw_sql(&format!("create database {quoted}"))
             .execute(&mut admin)
             .await
             .with_context(|| format!("cannot create database {name}"))?;

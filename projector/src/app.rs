@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use hookstream_shared::http::no_delay;
 use hookstream_shared::{db, kafka};
 
 use crate::api::{self, ApiState};
@@ -108,7 +109,7 @@ impl Application {
 
         tracing::info!(%address, topic = %config.kafka.topic, group = %config.consumer.group_id, "projector serving");
         let stop_serving = CancellationToken::new();
-        let server = axum::serve(listener, api::router(state))
+        let server = axum::serve(no_delay(listener), api::router(state))
             .with_graceful_shutdown(stop_serving.clone().cancelled_owned());
         let server = tokio::spawn(async move { server.await });
         let consumer_died = tokio::select! {

@@ -41,8 +41,6 @@ pub enum EnvelopeError {
     BadType,
     #[error("`timestamp` must be an RFC 3339 date-time, e.g. 2026-01-01T00:00:00Z")]
     BadTimestamp,
-    #[error("`data` must be a JSON object")]
-    DataNotObject,
     #[error("body nests arrays and objects deeper than {MAX_DEPTH} levels")]
     TooDeep,
 }
@@ -54,20 +52,62 @@ struct RawEnvelope<'a> {
     #[serde(borrow)]
     timestamp: Cow<'a, str>,
     #[serde(borrow)]
-    data: &'a RawValue,
+    data: DataIds<'a>,
 }
 
-/// The few fields of `data` the key rule looks at. Each is kept raw and read as
-/// a string only if it is one, so an unexpected type in `data` never refuses an
-/// otherwise valid event.
-#[derive(Deserialize)]
+/// The few fields of `data` the key rule looks at, read in the same pass as
+/// the envelope. Each is kept raw and read as a string only if it is one, so an
+/// unexpected type in `data` never refuses an otherwise valid event.
+#[derive(Default)]
 struct DataIds<'a> {
-    #[serde(borrow, default)]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     customer_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     customer: Option<&'a RawValue>,
+}
+
+/// The keys of `data`, matched without allocating.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum DataKey {
+    Id,
+    CustomerId,
+    Customer,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for DataIds<'a> {
+    /// Only a JSON object is accepted: serde's derived impls would also read a
+    /// struct from an array.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOnly<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for ObjectOnly<'a> {
+            type Value = DataIds<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`data` as a JSON object")
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut ids = DataIds::default();
+                while let Some(key) = map.next_key::<DataKey>()? {
+                    match key {
+                        DataKey::Id => ids.id = Some(map.next_value()?),
+                        DataKey::CustomerId => ids.customer_id = Some(map.next_value()?),
+                        DataKey::Customer => ids.customer = Some(map.next_value()?),
+                        DataKey::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(ids)
+            }
+        }
+        deserializer.deserialize_map(ObjectOnly(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -81,14 +121,13 @@ pub fn parse(body: &[u8]) -> Result<Envelope, EnvelopeError> {
     if nesting_depth(body) > MAX_DEPTH {
         return Err(EnvelopeError::TooDeep);
     }
+    // Validated once for the whole body; parsing from `&str` then skips
+    // serde_json's per-string checks, and ignored fields are covered too.
+    let body = std::str::from_utf8(body).map_err(|e| {
+        EnvelopeError::Malformed(format!("body is not UTF-8 (byte {})", e.valid_up_to()))
+    })?;
     let raw: RawEnvelope<'_> =
-        serde_json::from_slice(body).map_err(|e| EnvelopeError::Malformed(describe(&e)))?;
-    // Checked on the raw text: serde would happily read a struct from `[]`.
-    if !raw.data.get().starts_with('{') {
-        return Err(EnvelopeError::DataNotObject);
-    }
-    let data: DataIds<'_> =
-        serde_json::from_str(raw.data.get()).map_err(|e| EnvelopeError::Malformed(describe(&e)))?;
+        serde_json::from_str(body).map_err(|e| EnvelopeError::Malformed(describe(&e)))?;
     let event_type = raw.event_type.into_owned();
     if event_type.is_empty()
         || event_type.len() > MAX_EVENT_TYPE_LEN
@@ -99,7 +138,7 @@ pub fn parse(body: &[u8]) -> Result<Envelope, EnvelopeError> {
     let occurred_at = DateTime::parse_from_rfc3339(&raw.timestamp)
         .map_err(|_| EnvelopeError::BadTimestamp)?
         .with_timezone(&Utc);
-    let partition_key = polar_partition_key(&data);
+    let partition_key = polar_partition_key(&raw.data);
     Ok(Envelope {
         event_type,
         occurred_at,
@@ -130,22 +169,29 @@ fn usable_key(raw: Option<&RawValue>) -> Option<String> {
 }
 
 /// The deepest nesting of `[` and `{` outside strings. Linear, no allocation,
-/// and correct for any valid JSON; for invalid JSON the parser reports the error.
+/// and correct for any valid JSON; for invalid JSON the parser reports the
+/// error. String contents (most of a payload's bytes) are skipped with a SIMD
+/// search for the closing quote.
 fn nesting_depth(body: &[u8]) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in body {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
+    let mut i = 0;
+    while let Some(&byte) = body.get(i) {
+        match byte {
+            b'"' => {
+                i += 1;
+                // To the closing quote, stepping over escapes.
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &body[i.min(body.len())..]) {
+                        None => return deepest,
+                        Some(k) if body[i + k] == b'\\' => i += k + 2,
+                        Some(k) => {
+                            i += k + 1;
+                            break;
+                        }
+                    }
+                }
+                continue;
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -153,6 +199,7 @@ fn nesting_depth(body: &[u8]) -> usize {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     deepest
 }
@@ -266,9 +313,10 @@ mod tests {
             parse(br#"{"type":"a\u0000","timestamp":"2026-01-01T00:00:00Z","data":{}}"#),
             Err(EnvelopeError::BadType)
         );
-        assert_eq!(
-            parse(br#"{"type":"x","timestamp":"2026-01-01T00:00:00Z","data":[]}"#),
-            Err(EnvelopeError::DataNotObject)
+        let not_object = parse(br#"{"type":"x","timestamp":"2026-01-01T00:00:00Z","data":[]}"#);
+        assert!(
+            matches!(&not_object, Err(EnvelopeError::Malformed(m)) if m.contains("`data` as a JSON object")),
+            "{not_object:?}"
         );
         assert_eq!(
             parse(br#"{"type":"x","timestamp":"yesterday","data":{}}"#),
@@ -285,6 +333,41 @@ mod tests {
             "]".repeat(depth)
         );
         assert_eq!(parse(body.as_bytes()), Err(EnvelopeError::TooDeep));
+    }
+
+    /// The plain byte-at-a-time definition the fast scanner must agree with.
+    fn naive_depth(body: &[u8]) -> usize {
+        let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+        for &b in body {
+            if in_string {
+                match b {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_depth_scan_agrees_with_the_plain_one(
+            body in proptest::collection::vec(proptest::sample::select(b"{}[]\"\\ax:,".to_vec()), 0..200)
+        ) {
+            proptest::prop_assert_eq!(nesting_depth(&body), naive_depth(&body));
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The event log: one append-only Postgres table that is the source of truth.
 //!
-//! Ingest appends verified webhooks in batches ([`append_batch`]); the relay
-//! publishes rows still marked unpublished ([`next_unpublished`],
-//! [`mark_published`]); replay reads everything back in `seq` order
+//! Ingest appends verified webhooks in batches ([`append_batch`]), which also
+//! queues each new row in `event_log_outbox`; the relay publishes what is
+//! queued ([`next_unpublished`]) and dequeues it once Kafka has acknowledged
+//! ([`mark_published`]); replay reads everything back in `seq` order
 //! ([`read_after`]). Deduplication lives in the schema: a unique constraint on
 //! `(source, webhook_id)`, never an in-memory set.
 
@@ -84,15 +85,22 @@ pub async fn append_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Ve
 
     // ON CONFLICT DO NOTHING waits for a concurrent uncommitted insert of the
     // same key and then skips it, so racing batches never both win.
+    // One statement appends the new rows and queues them for the relay, so
+    // the two can never disagree.
     let inserted = sqlx::query!(
         r#"
-        insert into event_log (source, webhook_id, event_type, partition_key, occurred_at, body)
-        select source, webhook_id, event_type, partition_key, occurred_at, body
-        from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bytea[])
-            with ordinality as batch(source, webhook_id, event_type, partition_key, occurred_at, body, position)
-        order by position
-        on conflict (source, webhook_id) do nothing
-        returning seq, source, webhook_id
+        with appended as (
+            insert into event_log (source, webhook_id, event_type, partition_key, occurred_at, body)
+            select source, webhook_id, event_type, partition_key, occurred_at, body
+            from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bytea[])
+                with ordinality as batch(source, webhook_id, event_type, partition_key, occurred_at, body, position)
+            order by position
+            on conflict (source, webhook_id) do nothing
+            returning seq, source, webhook_id
+        ), queued as (
+            insert into event_log_outbox (seq) select seq from appended
+        )
+        select seq as "seq!", source as "source!", webhook_id as "webhook_id!" from appended
         "#,
         &sources as &[&str],
         &webhook_ids as &[&str],
@@ -176,38 +184,39 @@ pub async fn append_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Ve
         .collect()
 }
 
-/// The oldest unpublished rows, in `seq` order, at most `limit`.
+/// The oldest queued (unpublished) rows received before `received_before`,
+/// in `seq` order, at most `limit`.
 ///
 /// Rows committed out of `seq` order (a slow transaction holding a low seq) are
-/// found on a later call because the query asks for every unpublished row, not
+/// found on a later call because the query asks for everything queued, not
 /// for rows after a cursor.
 pub async fn next_unpublished(
     executor: impl PgExecutor<'_>,
     limit: i64,
+    received_before: DateTime<Utc>,
 ) -> sqlx::Result<Vec<LoggedEvent>> {
     sqlx::query_as!(
         LoggedEvent,
         r#"
-        select seq, source, webhook_id, event_type, partition_key, occurred_at, body
-        from event_log
-        where published_at is null
-        order by seq
+        select l.seq, l.source, l.webhook_id, l.event_type, l.partition_key, l.occurred_at, l.body
+        from event_log_outbox o
+        join event_log l on l.seq = o.seq
+        where l.received_at < $2
+        order by o.seq
         limit $1
         "#,
-        limit
+        limit,
+        received_before
     )
     .fetch_all(executor)
     .await
 }
 
-/// Marks rows as published after Kafka has acknowledged them.
+/// Dequeues rows after Kafka has acknowledged them.
 pub async fn mark_published(executor: impl PgExecutor<'_>, seqs: &[i64]) -> sqlx::Result<u64> {
-    let done = sqlx::query!(
-        "update event_log set published_at = now() where seq = any($1) and published_at is null",
-        seqs
-    )
-    .execute(executor)
-    .await?;
+    let done = sqlx::query!("delete from event_log_outbox where seq = any($1)", seqs)
+        .execute(executor)
+        .await?;
     Ok(done.rows_affected())
 }
 
@@ -243,9 +252,9 @@ pub struct Backlog {
 pub async fn backlog(executor: impl PgExecutor<'_>) -> sqlx::Result<Backlog> {
     let row = sqlx::query!(
         r#"
-        select count(*) as "unpublished!", min(received_at) as oldest
-        from event_log
-        where published_at is null
+        select count(*) as "unpublished!", min(l.received_at) as oldest
+        from event_log_outbox o
+        join event_log l on l.seq = o.seq
         "#
     )
     .fetch_one(executor)

@@ -51,6 +51,7 @@ impl TestIngest {
             ("POLAR_WEBHOOK_SECRET".into(), SECRET.into()),
             ("INGEST_LISTEN".into(), "127.0.0.1:0".into()),
             ("RELAY_POLL_INTERVAL_MS".into(), "200".into()),
+            ("RELAY_SWEEP_AFTER_MS".into(), "300".into()),
             ("KAFKA_MESSAGE_TIMEOUT_MS".into(), "3000".into()),
             ("SHUTDOWN_GRACE_SECS".into(), "5".into()),
         ];
@@ -98,7 +99,7 @@ impl TestIngest {
     }
 
     pub async fn unpublished_count(&self) -> i64 {
-        sqlx::query_scalar("select count(*) from event_log where published_at is null")
+        sqlx::query_scalar("select count(*) from event_log_outbox")
             .fetch_one(&self.pool)
             .await
             .expect("count")

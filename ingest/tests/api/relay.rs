@@ -115,11 +115,12 @@ async fn rows_left_unpublished_by_a_crash_are_published_on_start(pool: PgPool) {
     // Rows appended by an earlier run that died before publishing them,
     // including one committed "late" (lower seq inserted after a higher one
     // was already published): the relay must not skip it.
-    sqlx::query(
-        "insert into event_log (source, webhook_id, event_type, partition_key, occurred_at, body, published_at)
-         values ('polar', 'early', 'customer.created', 'c1', now(), '{}', null),
-                ('polar', 'published', 'customer.created', 'c2', now(), '{}', now()),
-                ('polar', 'late', 'customer.created', 'c3', now(), '{}', null)",
+    sqlx::raw_sql(
+        "insert into event_log (source, webhook_id, event_type, partition_key, occurred_at, body)
+         values ('polar', 'early', 'customer.created', 'c1', now(), '{}'),
+                ('polar', 'published', 'customer.created', 'c2', now(), '{}'),
+                ('polar', 'late', 'customer.created', 'c3', now(), '{}');
+         insert into event_log_outbox (seq) select seq from event_log where webhook_id in ('early', 'late');",
     )
     .execute(&pool)
     .await

@@ -3,7 +3,6 @@
 
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
-use sqlx::AssertSqlSafe;
 
 use super::params::QueryParams;
 use super::{ApiError, ApiState, json_text};
@@ -35,23 +34,23 @@ pub async fn list(
                 select c.id from projection.customers c where c.external_id = any($2)))
           and ($3::text[] is null or g.benefit_id = any($3))
           and ($4::boolean is null or g.is_granted = $4)";
-    let total: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+    let total: i64 = sqlx::query_scalar(&format!(
         "select count(*) from projection.benefit_grants g {filter}"
-    )))
+    ))
     .bind(&customer_ids)
     .bind(&external_ids)
     .bind(&benefit_ids)
     .bind(is_granted)
     .fetch_one(&state.pool)
     .await?;
-    let items: String = sqlx::query_scalar(AssertSqlSafe(format!(
+    let items: String = sqlx::query_scalar(&format!(
         "select coalesce(jsonb_agg(snapshot order by position), '[]'::jsonb)::text from (
              select g.snapshot, row_number() over (order by {order}, g.id) as position
              from projection.benefit_grants g {filter}
              order by {order}, g.id
              limit $5 offset $6
          ) page"
-    )))
+    ))
     .bind(&customer_ids)
     .bind(&external_ids)
     .bind(&benefit_ids)

@@ -4,7 +4,6 @@
 
 use axum::extract::{Path, State};
 use axum::response::Response;
-use sqlx::AssertSqlSafe;
 
 use super::{ApiError, ApiState, json_text};
 
@@ -37,7 +36,7 @@ pub async fn state_by_id(
     let sql = format!(
         "select {STATE_COLUMNS} from projection.customers c where c.id = $1 and c.deleted_at is null"
     );
-    let text: Option<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+    let text: Option<String> = sqlx::query_scalar(&sql)
         .bind(&id)
         .fetch_optional(&state.pool)
         .await?;
@@ -55,7 +54,7 @@ pub async fn state_by_external_id(
          where c.external_id = $1 and c.deleted_at is null
          order by c.id limit 1"
     );
-    let text: Option<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+    let text: Option<String> = sqlx::query_scalar(&sql)
         .bind(&external_id)
         .fetch_optional(&state.pool)
         .await?;

@@ -6,7 +6,6 @@
 
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
-use sqlx::AssertSqlSafe;
 
 use super::params::QueryParams;
 use super::{ApiError, ApiState, json_text};
@@ -61,9 +60,9 @@ pub async fn list(
           and ($4::text[] is null or s.status = any($4))
           and ($5::boolean is null or (s.status in ('active', 'trialing')) = $5)
           and ($6::boolean is null or (s.snapshot -> 'cancel_at_period_end') = to_jsonb($6))";
-    let total: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+    let total: i64 = sqlx::query_scalar(&format!(
         "select count(*) from projection.subscriptions s {filter}"
-    )))
+    ))
     .bind(&customer_ids)
     .bind(&external_ids)
     .bind(&product_ids)
@@ -72,14 +71,14 @@ pub async fn list(
     .bind(cancel_at_period_end)
     .fetch_one(&state.pool)
     .await?;
-    let items: String = sqlx::query_scalar(AssertSqlSafe(format!(
+    let items: String = sqlx::query_scalar(&format!(
         "select coalesce(jsonb_agg(snapshot order by position), '[]'::jsonb)::text from (
              select s.snapshot, row_number() over (order by {order}, s.id) as position
              from projection.subscriptions s {filter}
              order by {order}, s.id
              limit $7 offset $8
          ) page"
-    )))
+    ))
     .bind(&customer_ids)
     .bind(&external_ids)
     .bind(&product_ids)

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::PgPool;
 
 use super::generation::Generation;
 
@@ -39,10 +39,10 @@ pub async fn dump(
     for (table, key) in TABLES {
         // Table names and key expressions are constants; the schema name is a
         // validated Generation.
-        let rows: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+        let rows: Vec<(String, String)> = sqlx::query_as(&format!(
             "select {key}, to_jsonb(t)::text from {} t order by 1",
             generation.qualify(table)
-        )))
+        ))
         .fetch_all(pool)
         .await?;
         tables.insert(*table, rows.into_iter().collect());

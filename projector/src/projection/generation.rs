@@ -5,7 +5,6 @@
 //! generation beside it and then [`activate`]s it: one transaction re-points
 //! the views and the live row, so readers and the consumer move over together.
 
-use sqlx::AssertSqlSafe;
 use std::fmt;
 
 use anyhow::Context as _;
@@ -124,12 +123,10 @@ async fn create_locked(tx: &mut PgConnection, built_from: &str) -> anyhow::Resul
     .await?;
     let generation = Generation::numbered(next);
     // A schema of that name left by a crashed, unregistered attempt would be junk.
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "drop schema if exists {generation} cascade"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::raw_sql(AssertSqlSafe(DDL.replace("{schema}", generation.name())))
+    sqlx::raw_sql(&format!("drop schema if exists {generation} cascade"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(&DDL.replace("{schema}", generation.name()))
         .execute(&mut *tx)
         .await
         .with_context(|| format!("cannot create projection tables in {generation}"))?;
@@ -167,10 +164,10 @@ async fn activate_locked(
             .fetch_optional(&mut *tx)
             .await?;
     for relation in READER_RELATIONS {
-        sqlx::raw_sql(AssertSqlSafe(format!(
+        sqlx::raw_sql(&format!(
             "drop view if exists projection.{relation}; create view projection.{relation} as select * from {};",
             generation.qualify(relation)
-        )))
+        ))
         .execute(&mut *tx)
         .await?;
     }
@@ -232,11 +229,9 @@ pub async fn drop_generation(pool: &PgPool, generation: &Generation) -> anyhow::
             .fetch_one(&mut *tx)
             .await?;
     anyhow::ensure!(!is_live, "{generation} is live and cannot be dropped");
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "drop schema if exists {generation} cascade"
-    )))
-    .execute(&mut *tx)
-    .await?;
+    sqlx::raw_sql(&format!("drop schema if exists {generation} cascade"))
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("delete from projection_generations where name = $1")
         .bind(generation.name())
         .execute(&mut *tx)

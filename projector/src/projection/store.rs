@@ -9,7 +9,6 @@
 //! deadlock. Finally the effective subscriptions and grants of every customer
 //! the batch touched are recomputed.
 
-use sqlx::AssertSqlSafe;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
@@ -191,7 +190,7 @@ async fn upsert_objects(
     let occurred: Vec<DateTime<Utc>> = rows.iter().map(|r| r.version.occurred).collect();
     let seq: Vec<i64> = rows.iter().map(|r| r.version.seq).collect();
     let snapshots: Vec<&str> = rows.iter().map(|r| r.snapshot).collect();
-    let mut query = sqlx::query(AssertSqlSafe(sql))
+    let mut query = sqlx::query(&sql)
         .bind(ids)
         .bind(at)
         .bind(rank)
@@ -241,7 +240,7 @@ async fn upsert_states(
          where (excluded.state_at, excluded.v_seq) > (t.state_at, t.v_seq)",
         target = generation.qualify("customer_states"),
     );
-    sqlx::query(AssertSqlSafe(sql))
+    sqlx::query(&sql)
         .bind(
             rows.iter()
                 .map(|r| r.customer_id.as_ref())
@@ -275,20 +274,20 @@ async fn recompute_effective(
             "customer_id, subscription_id, created_at, item",
         ),
     ] {
-        sqlx::query(AssertSqlSafe(format!(
+        sqlx::query(&format!(
             "delete from {} where customer_id = any($1)",
             generation.qualify(table)
-        )))
+        ))
         .bind(customers)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(AssertSqlSafe(format!(
+        sqlx::query(&format!(
             "insert into {target} ({columns})
              select {columns} from {view} where customer_id = any($1)
              on conflict do nothing",
             target = generation.qualify(table),
             view = generation.qualify(&format!("{table}_v")),
-        )))
+        ))
         .bind(customers)
         .execute(&mut *tx)
         .await?;
@@ -307,7 +306,7 @@ async fn record_failures(
          on conflict (seq) do nothing",
         generation.qualify("apply_failures"),
     );
-    sqlx::query(AssertSqlSafe(sql))
+    sqlx::query(&sql)
         .bind(failures.keys().copied().collect::<Vec<i64>>())
         .bind(failures.values().map(|(w, _, _)| *w).collect::<Vec<&str>>())
         .bind(

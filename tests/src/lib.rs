@@ -2,6 +2,8 @@
 //! polarsim (the Polar simulator beside this repository) and reading its
 //! streams.
 
+pub mod bench;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,0 +1,309 @@
+//! What the load generator is made of: a fresh database per run, an embedded
+//! broker, the real service binaries as child processes, and an HTTP driver
+//! that measures latency from when each request was due (so a stalled server
+//! shows up as latency, not as fewer samples).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use sqlx::{Connection, PgConnection};
+use tokio::net::TcpStream;
+
+/// A database created empty for one run and dropped afterwards.
+#[derive(Debug)]
+pub struct FreshDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl FreshDatabase {
+    /// `server` is a Postgres URL without the database part.
+    pub async fn create(server: &str, name: &str) -> anyhow::Result<Self> {
+        let admin_url = format!("{server}/postgres");
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .context("cannot reach Postgres")?;
+        // Names come from the load generator itself, never from input.
+        sqlx::raw_sql(&format!("drop database if exists {name} with (force)"))
+            .execute(&mut admin)
+            .await?;
+        sqlx::raw_sql(&format!("create database {name}"))
+            .execute(&mut admin)
+            .await?;
+        // Loopback: TLS would only add AES on both sides of every query.
+        Ok(Self {
+            url: format!("{server}/{name}?sslmode=disable"),
+            admin_url,
+            name: name.to_owned(),
+        })
+    }
+
+    pub async fn drop_now(self) -> anyhow::Result<()> {
+        let mut admin = PgConnection::connect(&self.admin_url).await?;
+        sqlx::raw_sql(&format!(
+            "drop database if exists {} with (force)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await?;
+        Ok(())
+    }
+}
+
+/// A port free right now on 127.0.0.1, for a child service to bind.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A service binary running as a child process; killed when dropped.
+#[derive(Debug)]
+pub struct Service {
+    child: Child,
+    pub base_url: String,
+}
+
+impl Service {
+    /// Starts `binary` (a sibling of this executable) with `env`, listening on
+    /// `port`, and waits until its `/readyz` answers 200.
+    pub async fn start(binary: &str, port: u16, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let path = sibling_binary(binary)?;
+        let mut command = Command::new(&path);
+        command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        command.env(
+            "RUST_LOG",
+            std::env::var("SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        command.stdout(Stdio::null());
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", path.display()))?;
+        let service = Self {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = get(&service.base_url, "/readyz", None).await {
+                return Ok(service);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{binary} did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then wait: the service's own graceful shutdown.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The path of another binary built beside this one (same profile).
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: build it first (cargo build --release -p hookstream-ingest -p hookstream-projector)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// One GET on a fresh connection: status and body.
+pub async fn get(base_url: &str, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Bytes)> {
+    let authority = base_url.trim_start_matches("http://").to_owned();
+    let mut sender = connect(&authority).await?;
+    let mut request = Request::get(path).header("host", &authority);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = sender
+        .send_request(request.body(Full::new(Bytes::new()))?)
+        .await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// A keep-alive HTTP/1.1 connection.
+pub async fn connect(authority: &str) -> anyhow::Result<Sender> {
+    let stream = TcpStream::connect(authority).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// How requests are issued.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    /// As fast as `connections` keep-alive connections allow.
+    FullSpeed,
+    /// Request `i` is due at `start + i / rate`; latency counts from then.
+    Rate(f64),
+}
+
+/// What a run measured.
+#[derive(Debug, Default, Clone)]
+pub struct Measured {
+    pub sent: u64,
+    /// Answers by status code.
+    pub statuses: std::collections::BTreeMap<u16, u64>,
+    pub transport_errors: u64,
+    pub elapsed: Duration,
+    /// Latencies of 2xx answers, microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+}
+
+impl Measured {
+    pub fn ok(&self) -> u64 {
+        self.statuses
+            .iter()
+            .filter(|(s, _)| (200..300).contains(*s))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn throughput(&self) -> f64 {
+        self.ok() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The latency at quantile `q` (0..=1), in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
+        f64::from(self.latencies_us[index]) / 1000.0
+    }
+
+    pub fn summary(&self, label: &str) -> String {
+        let others: Vec<String> = self
+            .statuses
+            .iter()
+            .filter(|(s, _)| !(200..300).contains(*s))
+            .map(|(s, n)| format!("{s}x{n}"))
+            .collect();
+        format!(
+            "{label:<34} {:>9.0}/s ok  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>8.2} ms  ({} sent, {} ok{}{})",
+            self.throughput(),
+            self.quantile_ms(0.50),
+            self.quantile_ms(0.99),
+            self.quantile_ms(0.999),
+            self.quantile_ms(1.0),
+            self.sent,
+            self.ok(),
+            if others.is_empty() {
+                String::new()
+            } else {
+                format!(", other {}", others.join(" "))
+            },
+            if self.transport_errors > 0 {
+                format!(", {} transport errors", self.transport_errors)
+            } else {
+                String::new()
+            },
+        )
+    }
+}
+
+/// Sends `total` requests built by `make(i)` to `authority` over
+/// `connections` connections at `pace`, for at most `max_duration`.
+pub async fn drive<F>(
+    authority: &str,
+    connections: usize,
+    pace: Pace,
+    total: u64,
+    max_duration: Duration,
+    make: F,
+) -> anyhow::Result<Measured>
+where
+    F: Fn(u64) -> Request<Full<Bytes>> + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + max_duration;
+    let mut workers = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let mut sender = connect(authority).await?;
+        let (make, next, authority) = (make.clone(), next.clone(), authority.to_owned());
+        workers.push(tokio::spawn(async move {
+            let mut measured = Measured::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total || Instant::now() >= deadline {
+                    break;
+                }
+                let due = match pace {
+                    Pace::FullSpeed => Instant::now(),
+                    Pace::Rate(rate) => {
+                        let due = start + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                };
+                measured.sent += 1;
+                let outcome = async {
+                    let response = sender.send_request(make(i)).await?;
+                    let status = response.status().as_u16();
+                    response.into_body().collect().await?;
+                    Ok::<u16, anyhow::Error>(status)
+                }
+                .await;
+                match outcome {
+                    Ok(status) => {
+                        *measured.statuses.entry(status).or_default() += 1;
+                        if (200..300).contains(&status) {
+                            let us = due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                            measured.latencies_us.push(us);
+                        }
+                    }
+                    Err(_) => {
+                        measured.transport_errors += 1;
+                        match connect(&authority).await {
+                            Ok(s) => sender = s,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                    }
+                }
+            }
+            measured
+        }));
+    }
+    let mut all = Measured::default();
+    for worker in workers {
+        let m = worker.await?;
+        all.sent += m.sent;
+        all.transport_errors += m.transport_errors;
+        for (s, n) in m.statuses {
+            *all.statuses.entry(s).or_default() += n;
+        }
+        all.latencies_us.extend(m.latencies_us);
+    }
+    all.elapsed = start.elapsed();
+    all.latencies_us.sort_unstable();
+    Ok(all)
+}

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use sqlx::PgPool;
@@ -12,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use hookstream_shared::http::no_delay;
 use hookstream_shared::{db, kafka};
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, EntitlementCache};
+use crate::changes::CHANGES_CHANNEL;
 use crate::config::ProjectorConfig;
 use crate::consumer;
 use crate::metrics::ProjectorMetrics;
@@ -60,6 +62,10 @@ impl Application {
             pool,
             tokens: Arc::new(config.api_tokens.clone()),
             metrics: ProjectorMetrics::new(),
+            cache: Arc::new(EntitlementCache::new(
+                config.cache_entries,
+                config.cache_ttl,
+            )),
         };
         Ok(Self {
             listener,
@@ -92,6 +98,10 @@ impl Application {
         } = self;
         let pool = state.pool.clone();
         let consumer_stop = CancellationToken::new();
+        // If this future is dropped instead of finishing (its task aborted, the
+        // runtime shutting down after a panic), the consumer thread must still
+        // stop: the runtime waits for the blocking task that joins it.
+        let _stop_consumer_when_dropped = consumer_stop.clone().drop_guard();
         let consumer_exited = CancellationToken::new();
         let consumer = consumer::spawn(
             config.consumer.clone(),
@@ -107,6 +117,7 @@ impl Application {
             result.is_ok()
         });
 
+        let invalidation = tokio::spawn(keep_cache_in_step(pool.clone(), state.cache.clone()));
         tracing::info!(%address, topic = %config.kafka.topic, group = %config.consumer.group_id, "projector serving");
         let stop_serving = CancellationToken::new();
         let server = axum::serve(no_delay(listener), api::router(state))
@@ -122,6 +133,7 @@ impl Application {
             .context("read API task")?
             .context("read API failed")?;
         consumer_stop.cancel();
+        invalidation.abort();
         let consumer_ok = consumer_join.await.context("consumer join")?;
         if owns_pool {
             pool.close().await;
@@ -130,5 +142,41 @@ impl Application {
         anyhow::ensure!(!consumer_died, "the consumer stopped on its own");
         tracing::info!("projector stopped");
         Ok(())
+    }
+}
+
+/// Listens for change notifications and evicts what they name. Whenever the
+/// listener is not connected, the cache is emptied and bypassed (it could miss
+/// a notification), and the listener reconnects.
+async fn keep_cache_in_step(pool: PgPool, cache: Arc<EntitlementCache>) {
+    loop {
+        let listener = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(CHANGES_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        let mut listener = match listener {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for projection changes; entitlement cache off");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        cache.set_listening(true);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => cache.invalidate(notification.payload()),
+                // The connection dropped: notifications may have been missed.
+                Ok(None) | Err(_) => {
+                    cache.set_listening(false);
+                    tracing::warn!(
+                        "projection change listener lost; entitlement cache off until it is back"
+                    );
+                    break;
+                }
+            }
+        }
     }
 }

@@ -22,6 +22,11 @@ pub struct ProjectorConfig {
     /// `PROJECTOR_API_TOKENS`: bearer tokens the read API accepts, comma-separated.
     pub api_tokens: Vec<Secret>,
     pub consumer: ConsumerSettings,
+    /// `PROJECTOR_CACHE_ENTRIES` (100000): entitlement-check cache size; 0 turns it off.
+    pub cache_entries: usize,
+    /// `PROJECTOR_CACHE_TTL_SECS` (60): the longest a cached answer is kept,
+    /// as a backstop to change notifications.
+    pub cache_ttl: Duration,
     pub log: LogSettings,
     /// `SHUTDOWN_GRACE_SECS` (20).
     pub shutdown_grace: Duration,
@@ -82,6 +87,8 @@ impl ProjectorConfig {
             kafka,
             api_tokens,
             consumer: ConsumerSettings::from_settings(settings)?,
+            cache_entries: settings.parse_or("PROJECTOR_CACHE_ENTRIES", 100_000)?,
+            cache_ttl: settings.secs_or("PROJECTOR_CACHE_TTL_SECS", 60)?,
             log: LogSettings::from_settings(settings)?,
             shutdown_grace: settings.secs_or("SHUTDOWN_GRACE_SECS", 20)?,
         })

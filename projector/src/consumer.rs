@@ -14,8 +14,15 @@
 //! Each batch transaction also checks that the stored offsets are the ones
 //! this consumer started from. If another consumer moved them (this one lost
 //! the partition and does not know yet), the batch is rolled back.
+//!
+//! Kafka can lose messages the projector never applied: retention deletes them
+//! while it is down, or a broker with a small log drops them. A partition
+//! whose next offset to apply lies below its low watermark has such a gap;
+//! the consumer then re-applies the event log (the source of truth) into the
+//! live generation before going on, so no acknowledged event is missed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,8 +38,10 @@ use tokio_util::sync::CancellationToken;
 
 use hookstream_shared::kafka::{KafkaSettings, header};
 
+use crate::changes;
 use crate::config::ConsumerSettings;
 use crate::metrics::ProjectorMetrics;
+use crate::projection::from_log::{self, Target};
 use crate::projection::{self, IncomingEvent, generation};
 
 /// Where each assigned partition stands: the next offset to apply, or `None`
@@ -46,6 +55,8 @@ struct ProjectorContext {
     group: String,
     topic: String,
     positions: Arc<Mutex<Positions>>,
+    /// Set when a partition is found to have lost messages from Kafka.
+    backfill_needed: AtomicBool,
     metrics: ProjectorMetrics,
     stop: CancellationToken,
 }
@@ -101,6 +112,13 @@ impl ConsumerContext for ProjectorContext {
                         positions.insert(partition, stored.get(&partition).copied());
                     }
                 }
+                for &partition in &partitions {
+                    self.check_for_gap(
+                        consumer,
+                        partition,
+                        stored.get(&partition).copied().unwrap_or(0),
+                    );
+                }
                 tracing::info!(
                     ?partitions,
                     ?stored,
@@ -133,6 +151,28 @@ impl ConsumerContext for ProjectorContext {
 }
 
 impl ProjectorContext {
+    /// Flags a backfill if messages from `next` on are no longer in the
+    /// partition (its low watermark is past them). Blocks for one request to
+    /// the broker; runs on the consumer thread.
+    fn check_for_gap(&self, consumer: &BaseConsumer<Self>, partition: i32, next: i64) {
+        match consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(5)) {
+            Ok((low, _)) if next < low => {
+                tracing::error!(
+                    partition,
+                    lost_from = next,
+                    lost_to = low,
+                    "Kafka no longer holds messages this projector never applied; re-applying the event log"
+                );
+                self.metrics.offset_gaps.inc();
+                self.backfill_needed.store(true, Ordering::Release);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, partition, "cannot read the partition's watermarks")
+            }
+        }
+    }
+
     /// Reads stored offsets, retrying while the database is unreachable; an
     /// assignment cannot proceed without them. `None` when asked to stop.
     fn load_offsets_retrying(&self, partitions: &[i32]) -> Option<HashMap<i32, i64>> {
@@ -227,6 +267,7 @@ pub fn spawn(
         group: settings.group_id.clone(),
         topic: kafka.topic.clone(),
         positions: Arc::new(Mutex::new(HashMap::new())),
+        backfill_needed: AtomicBool::new(false),
         metrics,
         stop: stop.clone(),
     };
@@ -269,6 +310,19 @@ impl ConsumeLoop {
     fn run(self) {
         let mut failures = 0u32;
         while !self.stop.is_cancelled() {
+            if self.context().backfill_needed.swap(false, Ordering::AcqRel)
+                && let Err(e) = self.backfill()
+            {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "backfill from the event log failed; will retry"
+                );
+                self.context()
+                    .backfill_needed
+                    .store(true, Ordering::Release);
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
             let batch = self.gather();
             if batch.is_empty() {
                 continue;
@@ -380,9 +434,22 @@ impl ConsumeLoop {
             return Ok(());
         }
         let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut first_offsets: BTreeMap<i32, i64> = BTreeMap::new();
         for m in &batch {
             let next = next_offsets.entry(m.partition).or_insert(m.offset + 1);
             *next = (*next).max(m.offset + 1);
+            let first = first_offsets.entry(m.partition).or_insert(m.offset);
+            *first = (*first).min(m.offset);
+        }
+        // A partition that jumped past its next offset may have lost messages
+        // (the consumer resets to the low watermark when its position is gone).
+        for (partition, first) in &first_offsets {
+            if let Some(Some(next)) = expected.get(partition)
+                && first > next
+            {
+                self.context()
+                    .check_for_gap(&self.consumer, *partition, *next);
+            }
         }
         let events: Vec<IncomingEvent> = batch.into_iter().filter_map(|m| m.event).collect();
         let started = Instant::now();
@@ -412,6 +479,11 @@ impl ConsumeLoop {
                 }
             }
             let outcome = projection::apply(&mut tx, &generation, &events).await?;
+            let notifications = changes::payloads(
+                outcome.changed_customers.iter().map(String::as_str),
+                outcome.changed_external_ids.iter().map(String::as_str),
+            );
+            changes::notify(&mut tx, &notifications).await?;
             let offsets: Vec<i64> = partitions.iter().map(|p| next_offsets[p]).collect();
             sqlx::query!(
                 "insert into projector_offsets (consumer_group, topic, partition, next_offset)
@@ -441,6 +513,43 @@ impl ConsumeLoop {
             }
         }
         self.commit_hint(&next_offsets);
+        Ok(())
+    }
+
+    /// Re-applies the whole event log into the live generation. Everything
+    /// Kafka ever held is in the log, so this covers whatever it lost.
+    fn backfill(&self) -> anyhow::Result<()> {
+        let context = self.context();
+        context.metrics.backfills.inc();
+        let started = Instant::now();
+        let last = context.runtime.block_on(async {
+            let head = from_log::log_head(&context.pool).await?;
+            let last = from_log::apply_log(
+                &context.pool,
+                &Target::Live,
+                0,
+                head,
+                5000,
+                &self.stop,
+                |p, _| {
+                    tracing::info!(
+                        seq = p.seq,
+                        events = p.events,
+                        "backfilling from the event log"
+                    );
+                },
+            )
+            .await?;
+            // Many customers may have changed: read caches start over.
+            let mut connection = context.pool.acquire().await?;
+            changes::notify(&mut connection, &[changes::CLEAR_ALL.to_owned()]).await?;
+            Ok::<i64, anyhow::Error>(last)
+        })?;
+        tracing::info!(
+            up_to_seq = last,
+            seconds = started.elapsed().as_secs_f64(),
+            "backfill from the event log done"
+        );
         Ok(())
     }
 

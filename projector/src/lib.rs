@@ -4,11 +4,13 @@
 //! - [`consumer`] reads the topic and applies batches exactly once (offsets
 //!   stored with the changes).
 //! - [`projection`] decodes events and writes versioned rows into a generation.
-//! - [`api`] serves reads from the live generation.
+//! - [`api`] serves reads from the live generation; [`changes`] tells every
+//!   replica's read caches what a batch changed.
 //! - [`app`] wires them into one service; [`config`] and [`metrics`] support it.
 
 pub mod api;
 pub mod app;
+pub mod changes;
 pub mod config;
 pub mod consumer;
 pub mod metrics;

@@ -85,6 +85,14 @@ pub struct ProjectorMetrics {
     pub api_requests: IntCounterVec,
     /// Read API latency by route.
     pub api_seconds: HistogramVec,
+    /// Partitions found to have lost messages the projector never applied.
+    pub offset_gaps: IntCounter,
+    /// Re-applications of the event log to repair such gaps.
+    pub backfills: IntCounter,
+    /// Entitlement checks answered from the cache.
+    pub cache_hits: IntCounter,
+    /// Entitlement checks that read Postgres.
+    pub cache_misses: IntCounter,
 }
 
 impl ProjectorMetrics {
@@ -142,8 +150,32 @@ impl ProjectorMetrics {
             &["route"],
         )
         .expect("metric");
+        let offset_gaps = IntCounter::new(
+            "offset_gaps_total",
+            "Partitions found to have lost messages the projector never applied",
+        )
+        .expect("metric");
+        let backfills = IntCounter::new(
+            "backfills_total",
+            "Re-applications of the event log to repair gaps",
+        )
+        .expect("metric");
+        let cache_hits = IntCounter::new(
+            "entitlement_cache_hits_total",
+            "Entitlement checks answered from the cache",
+        )
+        .expect("metric");
+        let cache_misses = IntCounter::new(
+            "entitlement_cache_misses_total",
+            "Entitlement checks that read Postgres",
+        )
+        .expect("metric");
         for collector in [
-            Box::new(consumer_lag.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cache_hits.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cache_misses.clone()),
+            Box::new(offset_gaps.clone()),
+            Box::new(backfills.clone()),
+            Box::new(consumer_lag.clone()),
             Box::new(batch_size.clone()),
             Box::new(apply_seconds.clone()),
             Box::new(applied.clone()),
@@ -168,6 +200,10 @@ impl ProjectorMetrics {
             foreign_messages,
             api_requests,
             api_seconds,
+            cache_hits,
+            cache_misses,
+            offset_gaps,
+            backfills,
         }
     }
 

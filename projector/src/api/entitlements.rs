@@ -1,6 +1,7 @@
 //! `GET /v1/entitlements/check`: the feature gate's hot path. Does this
-//! customer hold this benefit right now? One index probe on the materialised
-//! effective grants.
+//! customer hold this benefit right now? Answered from the replica's
+//! [`EntitlementCache`](super::EntitlementCache) when it can be, else by one
+//! query for all of the customer's granted benefits, which is then cached.
 //!
 //! Unknown and deleted customers are simply not entitled (200, `granted:
 //! false`, `customer_id: null`): a gate should not need to tell the two apart.
@@ -8,6 +9,9 @@
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 
+use std::sync::Arc;
+
+use super::entitlement_cache::{Cached, CustomerEntitlements, Lookup};
 use super::params::QueryParams;
 use super::{ApiError, ApiState, json_text};
 
@@ -24,32 +28,9 @@ pub async fn check(
     let external_id = params
         .one("external_customer_id")?
         .filter(|c| !c.is_empty());
-    let row: Option<(String, bool)> = match (customer_id, external_id) {
-        (Some(id), None) => {
-            sqlx::query_as(
-                "select c.id, exists (select 1 from projection.effective_grants e
-                                      where e.customer_id = c.id and e.benefit_id = $2)
-                 from projection.customers c
-                 where c.id = $1 and c.deleted_at is null",
-            )
-            .bind(id)
-            .bind(benefit_id)
-            .fetch_optional(&state.pool)
-            .await?
-        }
-        (None, Some(external_id)) => {
-            sqlx::query_as(
-                "select c.id, exists (select 1 from projection.effective_grants e
-                                      where e.customer_id = c.id and e.benefit_id = $2)
-                 from projection.customers c
-                 where c.external_id = $1 and c.deleted_at is null
-                 order by c.id limit 1",
-            )
-            .bind(external_id)
-            .bind(benefit_id)
-            .fetch_optional(&state.pool)
-            .await?
-        }
+    let lookup = match (customer_id, external_id) {
+        (Some(id), None) => Key::Id(id),
+        (None, Some(external_id)) => Key::External(external_id),
         _ => {
             return Err(ApiError::invalid(
                 "customer_id",
@@ -57,13 +38,73 @@ pub async fn check(
             ));
         }
     };
-    let answer = match row {
-        Some((customer_id, granted)) => serde_json::json!({
-            "granted": granted, "customer_id": customer_id, "benefit_id": benefit_id,
+    let cached = match lookup {
+        Key::Id(id) => state.cache.by_id(id),
+        Key::External(external_id) => state.cache.by_external_id(external_id),
+    };
+    let customer = match cached {
+        Lookup::Hit(customer) => {
+            state.metrics.cache_hits.inc();
+            customer
+        }
+        Lookup::Miss { epoch } => {
+            state.metrics.cache_misses.inc();
+            let customer = load(&state, lookup).await?;
+            let (by_external, by_id) = match lookup {
+                Key::Id(id) => (None, Some(id)),
+                Key::External(external_id) => (Some(external_id), None),
+            };
+            state
+                .cache
+                .fill(epoch, by_external, by_id, customer.clone());
+            customer
+        }
+    };
+    let answer = match customer {
+        Some(c) => serde_json::json!({
+            "granted": c.benefits.contains(benefit_id), "customer_id": c.customer_id, "benefit_id": benefit_id,
         }),
         None => {
             serde_json::json!({"granted": false, "customer_id": null, "benefit_id": benefit_id})
         }
     };
     Ok(json_text(answer.to_string()))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Key<'a> {
+    Id(&'a str),
+    External(&'a str),
+}
+
+/// Every benefit a live customer holds, in one query.
+async fn load(state: &ApiState, key: Key<'_>) -> Result<Cached, ApiError> {
+    const COLUMNS: &str = "select c.id,
+            coalesce(array_agg(distinct e.benefit_id) filter (where e.benefit_id is not null), '{}')
+         from projection.customers c
+         left join projection.effective_grants e on e.customer_id = c.id";
+    let row: Option<(String, Vec<String>)> = match key {
+        Key::Id(id) => {
+            sqlx::query_as(&format!("{COLUMNS} where c.id = $1 and c.deleted_at is null group by c.id"))
+                .bind(id)
+                .fetch_optional(&state.pool)
+                .await?
+        }
+        // Polar keeps external ids unique among live customers; while events
+        // are still arriving two may briefly share one, so pick deterministically.
+        Key::External(external_id) => {
+            sqlx::query_as(&format!(
+                "{COLUMNS} where c.external_id = $1 and c.deleted_at is null group by c.id order by c.id limit 1"
+            ))
+            .bind(external_id)
+            .fetch_optional(&state.pool)
+            .await?
+        }
+    };
+    Ok(row.map(|(customer_id, benefits)| {
+        Arc::new(CustomerEntitlements {
+            customer_id,
+            benefits: benefits.into_iter().collect(),
+        })
+    }))
 }

@@ -8,6 +8,7 @@
 
 mod benefit_grants;
 mod customers;
+pub mod entitlement_cache;
 mod entitlements;
 mod error;
 mod params;
@@ -30,6 +31,7 @@ use hookstream_shared::http::{error_response, healthz, metrics_response, readyz}
 
 use crate::metrics::ProjectorMetrics;
 
+pub use entitlement_cache::EntitlementCache;
 pub use error::ApiError;
 
 /// What every read handler shares.
@@ -38,6 +40,8 @@ pub struct ApiState {
     pub pool: PgPool,
     pub tokens: Arc<Vec<Secret>>,
     pub metrics: ProjectorMetrics,
+    /// The entitlement check's cache, kept exact by change notifications.
+    pub cache: Arc<EntitlementCache>,
 }
 
 pub fn router(state: ApiState) -> Router {

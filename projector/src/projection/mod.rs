@@ -4,12 +4,15 @@
 //! - [`version`] orders versions, which is what makes apply order-independent.
 //! - [`store`] writes a batch into a generation.
 //! - [`generation`] creates, switches and drops generations (schemas).
+//! - [`from_log`] applies the event log itself (replay, gap repair).
+//! - [`dump`] dumps a generation canonically, to compare two.
 //!
 //! The live consumer and replay both go through [`apply`], so a replay builds
 //! exactly what the consumer built.
 
 pub mod decode;
 pub mod dump;
+pub mod from_log;
 pub mod generation;
 pub mod store;
 pub mod version;
@@ -78,6 +81,10 @@ fn merge(total: &mut BatchOutcome, outcome: BatchOutcome) {
         *total.ignored.entry(k).or_default() += v;
     }
     total.failed += outcome.failed;
+    total.changed_customers.extend(outcome.changed_customers);
+    total
+        .changed_external_ids
+        .extend(outcome.changed_external_ids);
 }
 
 /// Data exceptions (class 22) and integrity violations (class 23) come from

@@ -26,6 +26,11 @@ pub struct BatchOutcome {
     pub ignored: BTreeMap<String, u64>,
     /// Events recorded in `apply_failures`.
     pub failed: u64,
+    /// Customers whose rows, subscriptions, grants or state the batch wrote
+    /// (or tried to: an older version is written nowhere but still listed).
+    pub changed_customers: BTreeSet<String>,
+    /// External ids named by the customer snapshots the batch wrote.
+    pub changed_external_ids: BTreeSet<String>,
 }
 
 impl BatchOutcome {
@@ -74,16 +79,28 @@ pub async fn apply_batch(
     }
     outcome.failed = failures.len() as u64;
 
-    // Customers whose effective subscriptions or grants may have changed.
-    let mut touched: BTreeSet<String> = BTreeSet::new();
+    // Customers whose effective subscriptions or grants may have changed...
+    let mut recompute: BTreeSet<String> = BTreeSet::new();
     for ((table, _), change) in &newest {
         if matches!(table, Table::Subscriptions | Table::BenefitGrants)
             && let Some(Column::Text(Some(customer_id))) = change.columns.first()
         {
-            touched.insert(customer_id.to_string());
+            recompute.insert(customer_id.to_string());
         }
     }
-    touched.extend(states.keys().cloned());
+    recompute.extend(states.keys().cloned());
+    // ...and, for caches, every customer the batch wrote anything about. A
+    // customer row alone does not change who holds what, so it is reported
+    // but not recomputed.
+    outcome.changed_customers = recompute.clone();
+    for ((table, id), change) in &newest {
+        if *table == Table::Customers {
+            outcome.changed_customers.insert(id.clone());
+            if let Some(Column::Text(Some(external_id))) = change.columns.first() {
+                outcome.changed_external_ids.insert(external_id.to_string());
+            }
+        }
+    }
 
     let mut by_table: BTreeMap<Table, Vec<ObjectChange<'_>>> = BTreeMap::new();
     for ((table, _), change) in newest {
@@ -100,8 +117,8 @@ pub async fn apply_batch(
         rows.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
         upsert_states(tx, generation, &rows).await?;
     }
-    if !touched.is_empty() {
-        let customers: Vec<String> = touched.into_iter().collect();
+    if !recompute.is_empty() {
+        let customers: Vec<&str> = recompute.iter().map(String::as_str).collect();
         recompute_effective(tx, generation, &customers).await?;
     }
     if !failures.is_empty() {
@@ -262,7 +279,7 @@ async fn upsert_states(
 async fn recompute_effective(
     tx: &mut PgConnection,
     generation: &Generation,
-    customers: &[String],
+    customers: &[&str],
 ) -> sqlx::Result<()> {
     for (table, columns) in [
         (

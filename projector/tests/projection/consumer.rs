@@ -282,3 +282,150 @@ async fn two_replicas_share_the_partitions_and_one_takes_over_when_the_other_lea
     b.stop().await;
     assert_live_equals_in_order(&pool, events).await;
 }
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn a_cached_entitlement_is_forgotten_as_soon_as_a_batch_revokes_it(pool: PgPool) {
+    use crate::helpers::{Stream, benefit, customer, grant};
+    let topic = topic();
+    let s = Stream::new();
+    let c = customer("cus_1", Some("usr_1"), s.now(), None);
+    let b = benefit("ben", s.now());
+    let t = s.tick(1);
+    let granted = s.event(
+        "benefit_grant.created",
+        grant("g", &c, &b, None, true, t, None),
+    );
+    let revoked = s.event(
+        "benefit_grant.revoked",
+        grant("g", &c, &b, None, false, t, Some(s.tick(60))),
+    );
+    publish(&topic, std::slice::from_ref(&granted)).await;
+    let config = config(&topic, &[]);
+    let app = Application::build_with_pool(config, pool.clone())
+        .await
+        .unwrap();
+    let api = format!("http://{}", app.address());
+    let metrics = app.metrics();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    wait_consumed(&pool, &topic.name, 1, Duration::from_secs(30)).await;
+
+    let client = reqwest::Client::new();
+    let check = || async {
+        let answer: serde_json::Value = client
+            .get(format!(
+                "{api}/v1/entitlements/check?external_customer_id=usr_1&benefit_id=ben"
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["granted"].as_bool().unwrap()
+    };
+    // The listener connects right after start; until then checks read Postgres.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics.cache_hits.get() == 0 {
+        assert!(check().await);
+        assert!(Instant::now() < deadline, "never answered from the cache");
+    }
+
+    publish(&topic, std::slice::from_ref(&revoked)).await;
+    wait_consumed(&pool, &topic.name, 2, Duration::from_secs(30)).await;
+    // The batch has committed; its notification reaches the cache within moments.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while check().await {
+        assert!(
+            Instant::now() < deadline,
+            "the cache kept a revoked entitlement"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn messages_kafka_lost_before_they_were_applied_are_backfilled_from_the_log(pool: PgPool) {
+    use hookstream_shared::event_log::{NewEvent, append_batch};
+    hookstream_shared::telemetry::init_for_tests();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    let topic = Topic {
+        name: format!("test-{}", uuid::Uuid::new_v4()),
+        kafka,
+    };
+    // One partition: the mock broker keeps about 5 MB of it.
+    topic.kafka.create_topic(&topic.name, 1).unwrap();
+
+    // The log is the source of truth: the real stream, then 6 MB of events no
+    // projection uses, appended and published in that order.
+    let stream = polarsim_stream();
+    let filler = (0..2000).map(|i| {
+        let body = format!(
+            r#"{{"type":"refund.created","timestamp":"2026-01-01T00:00:00Z","data":{{"id":"r{i}","pad":"{}"}}}}"#,
+            "x".repeat(3000)
+        );
+        (format!("filler-{i}"), body.into_bytes())
+    });
+    let all: Vec<(String, Vec<u8>)> = stream
+        .iter()
+        .map(|e| (e.webhook_id.clone(), e.body.clone()))
+        .chain(filler)
+        .collect();
+    let mut logged = Vec::new();
+    for chunk in all.chunks(500) {
+        let batch: Vec<NewEvent> = chunk
+            .iter()
+            .map(|(id, body)| NewEvent {
+                source: "polar".into(),
+                webhook_id: id.clone(),
+                event_type: "x".into(),
+                partition_key: "k".into(),
+                occurred_at: chrono::Utc::now(),
+                body: body.clone().into(),
+            })
+            .collect();
+        let seqs = append_batch(&pool, &batch).await.unwrap();
+        for ((id, body), appended) in chunk.iter().zip(seqs) {
+            logged.push(IncomingEvent {
+                seq: appended.seq(),
+                webhook_id: id.clone(),
+                body: body.clone(),
+            });
+        }
+    }
+    publish(&topic, &logged).await;
+
+    let running = start(&pool, config(&topic, &[])).await;
+    wait_consumed(&pool, &topic.name, logged.len(), Duration::from_secs(60)).await;
+    // The backfill runs before the first batch; give it time to finish.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let customers: i64 = sqlx::query_scalar("select count(*) from projection.customers")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if customers > 0 && dump_equals_in_order(&pool, &logged).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lost messages were not backfilled from the log"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    running.stop().await;
+}
+
+/// Whether the live generation equals in-order application of `events`.
+async fn dump_equals_in_order(pool: &PgPool, events: &[IncomingEvent]) -> bool {
+    let reference = generation::create(pool, "test").await.unwrap();
+    apply_into(pool, &reference, events, 500).await;
+    let expected = dump::dump(pool, &reference).await.unwrap();
+    let live = generation::live(pool).await.unwrap().unwrap();
+    let actual = dump::dump(pool, &live).await.unwrap();
+    generation::drop_generation(pool, &reference).await.unwrap();
+    dump::compare(&expected, &actual).is_empty()
+}

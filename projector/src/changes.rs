@@ -1,0 +1,75 @@
+//! Change notifications: after a consumer batch commits, Postgres tells every
+//! projector replica which customers it changed, so read caches can forget
+//! them. NOTIFY is transactional (delivered only if the batch commits) and
+//! reaches every listening replica, whichever one's consumer made the change.
+
+use sqlx::PgConnection;
+
+/// The channel consumer batches notify with the customers they changed.
+pub const CHANGES_CHANNEL: &str = "hookstream_projection_changed";
+/// A payload meaning "forget everything" (a generation switch, an id that
+/// cannot be named in a payload).
+pub const CLEAR_ALL: &str = "*";
+/// NOTIFY payloads must stay under 8000 bytes.
+const MAX_PAYLOAD: usize = 7900;
+
+/// Payloads naming customers (`c:<id>`) and external ids (`x:<external id>`),
+/// comma-separated, each under Postgres's size limit.
+pub fn payloads<'a>(
+    customer_ids: impl IntoIterator<Item = &'a str>,
+    external_ids: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    let tokens = customer_ids
+        .into_iter()
+        .map(|id| format!("c:{id}"))
+        .chain(external_ids.into_iter().map(|id| format!("x:{id}")));
+    let mut payloads: Vec<String> = Vec::new();
+    for token in tokens {
+        // A token with a comma could not be split back out.
+        if token.contains(',') || token.len() > MAX_PAYLOAD {
+            return vec![CLEAR_ALL.to_owned()];
+        }
+        match payloads.last_mut() {
+            Some(last) if last.len() + 1 + token.len() <= MAX_PAYLOAD => {
+                last.push(',');
+                last.push_str(&token);
+            }
+            _ => payloads.push(token),
+        }
+    }
+    payloads
+}
+
+/// Queues the notifications in the caller's transaction; Postgres sends them
+/// when (and only if) it commits.
+pub async fn notify(tx: &mut PgConnection, payloads: &[String]) -> sqlx::Result<()> {
+    for payload in payloads {
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(CHANGES_CHANNEL)
+            .bind(payload)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_stay_under_the_notify_limit() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("{i:036}")).collect();
+        let payloads = payloads(ids.iter().map(String::as_str), ["usr_1"]);
+        assert!(payloads.len() > 1);
+        assert!(payloads.iter().all(|p| p.len() <= MAX_PAYLOAD));
+        let tokens: usize = payloads.iter().map(|p| p.split(',').count()).sum();
+        assert_eq!(tokens, 1001);
+    }
+
+    #[test]
+    fn an_id_that_cannot_be_named_clears_everything() {
+        assert_eq!(super::payloads(["a,b"], []), vec![CLEAR_ALL.to_owned()]);
+        assert!(super::payloads([], []).is_empty());
+    }
+}

@@ -32,6 +32,7 @@ use hookstream_tests::{SimEvent, generate, read_events};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SECRET: &str = "polar_whs_loadgen_benchmark_secret_0123456789";
+const TOKEN: &str = "loadgen-token-0123456789";
 
 #[derive(Parser)]
 #[command(about = "Benchmarks for hookstream; see BENCHMARKS.md")]
@@ -44,6 +45,51 @@ struct Cli {
 enum Bench {
     /// Ingest throughput and latency: group commit against one transaction per request.
     Ingest(IngestArgs),
+    /// Projector throughput draining a backlog, against one transaction per event.
+    Projector(ProjectorArgs),
+    /// The feature gate: /v1/entitlements/check against /healthz (the HTTP floor).
+    Entitlements(EntitlementsArgs),
+    /// Ingest's 200 to the change being visible in the read API, at a fixed rate.
+    EndToEnd(EndToEndArgs),
+}
+
+#[derive(Args)]
+struct ProjectorArgs {
+    #[command(flatten)]
+    common: Common,
+    /// A polarsim events.jsonl to drain (default: generated, 45000 customers, about 1M events).
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Events the one-transaction-per-event baseline drains (it is slow).
+    #[arg(long, default_value_t = 20_000)]
+    baseline_events: usize,
+}
+
+#[derive(Args)]
+struct EntitlementsArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// The fixed rate of the latency runs (requests per second).
+    #[arg(long, default_value_t = 20_000.0)]
+    rate: f64,
+}
+
+#[derive(Args)]
+struct EndToEndArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Webhooks per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Every n-th webhook is watched until its change is visible.
+    #[arg(long, default_value_t = 5)]
+    sample_every: u64,
 }
 
 #[derive(Args)]
@@ -54,6 +100,9 @@ struct Common {
     /// Where polarsim streams are generated and cached.
     #[arg(long, default_value = "bench-data")]
     data_dir: PathBuf,
+    /// Leave the last run's database (hookstream_bench) in place for inspection.
+    #[arg(long)]
+    keep_database: bool,
     /// Extra settings for the services under test, `NAME=value` (repeatable),
     /// for trying a configuration.
     #[arg(long = "env", value_parser = parse_env)]
@@ -92,6 +141,9 @@ struct IngestArgs {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Bench::Ingest(args) => ingest(args).await,
+        Bench::Projector(args) => projector(args).await,
+        Bench::Entitlements(args) => entitlements(args).await,
+        Bench::EndToEnd(args) => end_to_end(args).await,
     }
 }
 
@@ -321,6 +373,380 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         !failed,
         "a run had no successful request, or had transport errors"
+    );
+    Ok(())
+}
+
+/// A projector over `database` consuming `topic` on `kafka`, with `extra` settings.
+async fn start_projector(
+    common: &Common,
+    database: &FreshDatabase,
+    kafka: &EmbeddedKafka,
+    topic: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<Service> {
+    let port = free_port()?;
+    let mut env: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", database.url.clone()),
+        ("KAFKA_BROKERS", kafka.bootstrap_servers().to_owned()),
+        ("KAFKA_TOPIC", topic.to_owned()),
+        ("PROJECTOR_API_TOKENS", TOKEN.to_owned()),
+        ("PROJECTOR_LISTEN", format!("127.0.0.1:{port}")),
+        ("DATABASE_MAX_CONNECTIONS", "32".to_owned()),
+    ];
+    for (k, v) in extra {
+        env.push((k, (*v).to_owned()));
+    }
+    for (k, v) in &common.extra_env {
+        env.push((k.as_str(), v.clone()));
+    }
+    Service::start("projector", port, &env).await
+}
+
+/// Waits until the projector has applied `count` messages; returns the time
+/// from the call and from the first applied batch.
+async fn drain(
+    database: &FreshDatabase,
+    count: usize,
+    label: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let started = Instant::now();
+    let mut first_progress: Option<Instant> = None;
+    let mut last_report = Instant::now();
+    loop {
+        let done = hookstream_tests::bench::consumed(&database.url).await? as usize;
+        if done > 0 && first_progress.is_none() {
+            first_progress = Some(Instant::now());
+        }
+        if done >= count {
+            let first = first_progress.unwrap_or(started);
+            return Ok((started.elapsed(), first.elapsed()));
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "  {label}: {done}/{count} after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(3600),
+            "{label}: not drained within an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn projector(args: ProjectorArgs) -> anyhow::Result<()> {
+    let events = stream(&args.common, args.events.clone(), 2, 45_000)?;
+    println!(
+        "projector: draining a backlog of {} polarsim events from a 6-partition topic",
+        events.len()
+    );
+    let kafka = EmbeddedKafka::start(1)?;
+
+    // Baseline: the same projector applying one event per transaction.
+    let baseline_events = &events[..args.baseline_events.min(events.len())];
+    kafka.create_topic("baseline", 6)?;
+    hookstream_tests::bench::publish_stream(kafka.bootstrap_servers(), "baseline", baseline_events)
+        .await?;
+    let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
+    let service = start_projector(
+        &args.common,
+        &database,
+        &kafka,
+        "baseline",
+        &[("PROJECTOR_BATCH_SIZE", "1")],
+    )
+    .await?;
+    let (_, baseline) = drain(&database, baseline_events.len(), "baseline").await?;
+    let baseline_rate = baseline_events.len() as f64 / baseline.as_secs_f64();
+    println!(
+        "{:<40} {:>9.0} events/s  ({} events in {:.1} s)",
+        "one transaction per event",
+        baseline_rate,
+        baseline_events.len(),
+        baseline.as_secs_f64()
+    );
+    service.stop()?;
+    database.drop_now().await?;
+
+    kafka.create_topic("backlog", 6)?;
+    let published = Instant::now();
+    hookstream_tests::bench::publish_stream(kafka.bootstrap_servers(), "backlog", &events).await?;
+    eprintln!(
+        "  published {} events in {:.1} s",
+        events.len(),
+        published.elapsed().as_secs_f64()
+    );
+    let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
+    let service = start_projector(&args.common, &database, &kafka, "backlog", &[]).await?;
+    let (total, applying) = drain(&database, events.len(), "batched").await?;
+    let rate = events.len() as f64 / applying.as_secs_f64();
+    println!(
+        "{:<40} {:>9.0} events/s  ({} events in {:.1} s from the first batch, {:.1} s from start)",
+        "batched (default settings)",
+        rate,
+        events.len(),
+        applying.as_secs_f64(),
+        total.as_secs_f64()
+    );
+    println!(
+        "batched / one per transaction: x{:.1}",
+        rate / baseline_rate
+    );
+    service.stop()?;
+    if !args.common.keep_database {
+        database.drop_now().await?;
+    }
+    Ok(())
+}
+
+/// The (external id, benefit id) pairs of a stream's expected state: each
+/// customer asked about a benefit it holds and one it does not.
+fn entitlement_questions(expected: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(expected)?)?;
+    let benefits: Vec<String> = expected["benefits"]
+        .as_array()
+        .map(|b| {
+            b.iter()
+                .filter_map(|b| b["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut questions = Vec::new();
+    for (external_id, customer) in expected["customers"].as_object().into_iter().flatten() {
+        let granted: Vec<&str> = customer["granted_benefit_ids"]
+            .as_array()
+            .map(|g| g.iter().filter_map(|b| b.as_str()).collect())
+            .unwrap_or_default();
+        if let Some(held) = granted.first() {
+            questions.push((external_id.clone(), (*held).to_owned()));
+        }
+        if let Some(missing) = benefits.iter().find(|b| !granted.contains(&b.as_str())) {
+            questions.push((external_id.clone(), missing.clone()));
+        }
+    }
+    anyhow::ensure!(!questions.is_empty(), "no customers in {}", "expected.json");
+    Ok(questions)
+}
+
+async fn entitlements(args: EntitlementsArgs) -> anyhow::Result<()> {
+    let dir = args.common.data_dir.join("polarsim-1-2000");
+    generate(&dir, 1, 2000, 90)?;
+    let events = read_events(&dir.join("events.jsonl"))?;
+    let questions = Arc::new(entitlement_questions(&dir.join("expected.json"))?);
+    let kafka = EmbeddedKafka::start(1)?;
+    kafka.create_topic("polar.events", 6)?;
+    hookstream_tests::bench::publish_stream(kafka.bootstrap_servers(), "polar.events", &events)
+        .await?;
+    let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
+    let service = start_projector(&args.common, &database, &kafka, "polar.events", &[]).await?;
+    drain(&database, events.len(), "projecting").await?;
+    println!(
+        "entitlements: {} customers projected from {} events; {} questions, {} connections, {} s per run",
+        questions.len() / 2,
+        events.len(),
+        questions.len(),
+        args.connections,
+        args.seconds
+    );
+    let authority = service.base_url.trim_start_matches("http://").to_owned();
+    let run = |path_of: Arc<dyn Fn(u64) -> String + Send + Sync>, pace: Pace| {
+        let authority = authority.clone();
+        async move {
+            let host = authority.clone();
+            drive(
+                &authority,
+                args.connections,
+                pace,
+                u64::MAX,
+                Duration::from_secs(args.seconds),
+                move |i| {
+                    Request::get(path_of(i))
+                        .header("host", &host)
+                        .header("authorization", format!("Bearer {TOKEN}"))
+                        .body(Full::new(Bytes::new()))
+                        .expect("valid request")
+                },
+            )
+            .await
+        }
+    };
+    let q = questions.clone();
+    let check_path: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(move |i| {
+        let (customer, benefit) = &q[i as usize % q.len()];
+        format!("/v1/entitlements/check?external_customer_id={customer}&benefit_id={benefit}")
+    });
+    let floor_path: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(|_| "/healthz".to_owned());
+    let floor = run(floor_path.clone(), Pace::FullSpeed).await?;
+    println!("{}", floor.summary("GET /healthz, full speed"));
+    let checks = run(check_path.clone(), Pace::FullSpeed).await?;
+    println!("{}", checks.summary("GET /v1/entitlements/check, full"));
+    let floor_rate = run(floor_path, Pace::Rate(args.rate)).await?;
+    println!(
+        "{}",
+        floor_rate.summary(&format!("GET /healthz, {}/s", args.rate))
+    );
+    let checks_rate = run(check_path, Pace::Rate(args.rate)).await?;
+    println!(
+        "{}",
+        checks_rate.summary(&format!("GET /v1/entitlements/check, {}/s", args.rate))
+    );
+    println!(
+        "entitlement checks run at {:.0}% of the HTTP floor's rate; p99 at {}/s {:.2} ms (floor {:.2} ms)",
+        100.0 * checks.throughput() / floor.throughput(),
+        args.rate,
+        checks_rate.quantile_ms(0.99),
+        floor_rate.quantile_ms(0.99)
+    );
+    service.stop()?;
+    database.drop_now().await?;
+    anyhow::ensure!(
+        checks.ok() > 0 && checks.ok() == checks.sent,
+        "some entitlement checks failed"
+    );
+    Ok(())
+}
+
+async fn end_to_end(args: EndToEndArgs) -> anyhow::Result<()> {
+    use hookstream_tests::bench::get;
+    let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
+    let kafka = EmbeddedKafka::start(1)?;
+    kafka.create_topic("polar.events", 6)?;
+    let projector = start_projector(&args.common, &database, &kafka, "polar.events", &[]).await?;
+    let port = free_port()?;
+    let mut env: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", database.url.clone()),
+        ("KAFKA_BROKERS", kafka.bootstrap_servers().to_owned()),
+        ("POLAR_WEBHOOK_SECRET", SECRET.to_owned()),
+        ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+    ];
+    for (k, v) in &args.common.extra_env {
+        env.push((k.as_str(), v.clone()));
+    }
+    let ingest = Service::start("ingest", port, &env).await?;
+    let ingest_authority = format!("127.0.0.1:{port}");
+    let api = projector.base_url.clone();
+
+    // Each webhook updates one of 2000 customers to a new email, with a newer
+    // modified_at than any before, so every one is a visible change.
+    let total = (args.rate * args.seconds as f64) as u64;
+    let base = chrono::Utc::now() - chrono::Duration::hours(1);
+    let secret = Secret::new(SECRET);
+    let connections = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / args.rate)).into())
+            .await;
+        let customer = format!("cus_{:04}", i % 2000);
+        let at = (base + chrono::Duration::microseconds(i as i64 * 100))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let email = format!("e{i}@example.com");
+        let body = serde_json::json!({
+            "type": "customer.updated", "timestamp": at, "api_version": "2026-10",
+            "data": {"id": customer, "created_at": base.to_rfc3339(), "modified_at": at, "metadata": {},
+                     "external_id": format!("usr_{:04}", i % 2000), "email": email, "email_verified": false,
+                     "type": "individual", "name": null, "billing_name": null, "billing_address": null,
+                     "tax_id": null, "locale": null, "organization_id": "org", "default_payment_method_id": null,
+                     "deleted_at": null, "first_user_event_at": null, "avatar_url": null}
+        })
+        .to_string();
+        let id = format!("e2e-{i}");
+        let now = unix_now();
+        let request = Request::post("/webhooks/polar")
+            .header("host", &ingest_authority)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", now.to_string())
+            .header(
+                "webhook-signature",
+                signature_header(KeyRule::Polar, &secret, &id, now, body.as_bytes()),
+            )
+            .body(Full::new(Bytes::from(body)))?;
+        let (connections, latencies, failures, authority, api) = (
+            connections.clone(),
+            latencies.clone(),
+            failures.clone(),
+            ingest_authority.clone(),
+            api.clone(),
+        );
+        let sampled = i % args.sample_every == 0;
+        tasks.spawn(async move {
+            let sender = connections.lock().await.pop();
+            let mut sender = match sender {
+                Some(s) => s,
+                None => match hookstream_tests::bench::connect(&authority).await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                },
+            };
+            let ok = match sender.send_request(request).await {
+                Ok(response) => response.status() == 200,
+                Err(_) => false,
+            };
+            connections.lock().await.push(sender);
+            if !ok {
+                failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            if !sampled {
+                return;
+            }
+            let acknowledged = Instant::now();
+            let expected = format!("\"email\":\"{email}\"");
+            let deadline = acknowledged + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok((200, state)) = get(
+                    &api,
+                    &format!("/v1/customers/{customer}/state"),
+                    Some(TOKEN),
+                )
+                .await
+                    && String::from_utf8_lossy(&state).contains(&expected)
+                {
+                    let us = acknowledged.elapsed().as_micros() as u32;
+                    latencies.lock().expect("latencies").push(us);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let mut measured = Measured {
+        sent: total,
+        elapsed: started.elapsed(),
+        latencies_us: std::mem::take(&mut *latencies.lock().expect("latencies")),
+        ..Measured::default()
+    };
+    measured.latencies_us.sort_unstable();
+    let failed = failures.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "end to end at {}/s for {} s: {} webhooks, {} watched; 200 -> visible p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms; {} failed or never visible",
+        args.rate,
+        args.seconds,
+        total,
+        measured.latencies_us.len(),
+        measured.quantile_ms(0.5),
+        measured.quantile_ms(0.99),
+        measured.quantile_ms(0.999),
+        measured.quantile_ms(1.0),
+        failed
+    );
+    ingest.stop()?;
+    projector.stop()?;
+    database.drop_now().await?;
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} webhooks failed or never became visible"
     );
     Ok(())
 }

@@ -384,30 +384,15 @@ impl ConsumeLoop {
     }
 
     fn to_pending(&self, message: &BorrowedMessage<'_>) -> Pending {
-        let header_text = |name: &str| -> Option<String> {
-            message
-                .headers()?
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| String::from_utf8(h.value?.to_vec()).ok())
-        };
-        let seq = header_text(header::SEQ).and_then(|s| s.parse::<i64>().ok());
-        let event = match seq {
-            Some(seq) => Some(IncomingEvent {
-                seq,
-                webhook_id: header_text(header::WEBHOOK_ID).unwrap_or_default(),
-                body: message.payload().unwrap_or_default().to_vec(),
-            }),
-            None => {
-                self.context().metrics.foreign_messages.inc();
-                tracing::warn!(
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    "skipping a message without a seq header"
-                );
-                None
-            }
-        };
+        let event = event_from_message(message);
+        if event.is_none() {
+            self.context().metrics.foreign_messages.inc();
+            tracing::warn!(
+                partition = message.partition(),
+                offset = message.offset(),
+                "skipping a message without a seq header"
+            );
+        }
         Pending {
             partition: message.partition(),
             offset: message.offset(),
@@ -523,7 +508,7 @@ impl ConsumeLoop {
         context.metrics.backfills.inc();
         let started = Instant::now();
         let last = context.runtime.block_on(async {
-            let head = from_log::log_head(&context.pool).await?;
+            let head = from_log::log_head(&mut *context.pool.acquire().await?).await?;
             let last = from_log::apply_log(
                 &context.pool,
                 &Target::Live,
@@ -609,4 +594,22 @@ impl ConsumeLoop {
             }
         }
     }
+}
+
+/// The event a message carries, or `None` for a message ingest did not
+/// publish (no `seq` header).
+pub(crate) fn event_from_message(message: &impl Message) -> Option<IncomingEvent> {
+    let header_text = |name: &str| -> Option<String> {
+        message
+            .headers()?
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| String::from_utf8(h.value?.to_vec()).ok())
+    };
+    let seq = header_text(header::SEQ)?.parse::<i64>().ok()?;
+    Some(IncomingEvent {
+        seq,
+        webhook_id: header_text(header::WEBHOOK_ID).unwrap_or_default(),
+        body: message.payload().unwrap_or_default().to_vec(),
+    })
 }

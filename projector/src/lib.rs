@@ -15,6 +15,7 @@ pub mod config;
 pub mod consumer;
 pub mod metrics;
 pub mod projection;
+pub mod rebuild;
 
 pub use app::Application;
 pub use config::ProjectorConfig;

@@ -3,8 +3,8 @@
 //! Ingest appends verified webhooks in batches ([`append_batch`]), which also
 //! queues each new row in `event_log_outbox`; the relay publishes what is
 //! queued ([`next_unpublished`]) and dequeues it once Kafka has acknowledged
-//! ([`mark_published`]); replay reads everything back in `seq` order
-//! ([`read_after`]). Deduplication lives in the schema: a unique constraint on
+//! ([`mark_published`]); the projector's replay reads everything back in
+//! `seq` order. Deduplication lives in the schema: a unique constraint on
 //! `(source, webhook_id)`, never an in-memory set.
 
 use std::collections::HashMap;
@@ -218,28 +218,6 @@ pub async fn mark_published(executor: impl PgExecutor<'_>, seqs: &[i64]) -> sqlx
         .execute(executor)
         .await?;
     Ok(done.rows_affected())
-}
-
-/// Up to `limit` events with `seq > after`, in `seq` order: replay's reader.
-pub async fn read_after(
-    executor: impl PgExecutor<'_>,
-    after: i64,
-    limit: i64,
-) -> sqlx::Result<Vec<LoggedEvent>> {
-    sqlx::query_as!(
-        LoggedEvent,
-        r#"
-        select seq, source, webhook_id, event_type, partition_key, occurred_at, body
-        from event_log
-        where seq > $1
-        order by seq
-        limit $2
-        "#,
-        after,
-        limit
-    )
-    .fetch_all(executor)
-    .await
 }
 
 /// How far the relay is behind: unpublished rows and the age of the oldest.

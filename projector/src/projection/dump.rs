@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 use super::generation::Generation;
 
@@ -32,7 +32,7 @@ pub type TableDump = BTreeMap<String, String>;
 
 /// Every table of `generation`, by table name.
 pub async fn dump(
-    pool: &PgPool,
+    connection: &mut PgConnection,
     generation: &Generation,
 ) -> sqlx::Result<BTreeMap<&'static str, TableDump>> {
     let mut tables = BTreeMap::new();
@@ -43,7 +43,7 @@ pub async fn dump(
             "select {key}, to_jsonb(t)::text from {} t order by 1",
             generation.qualify(table)
         ))
-        .fetch_all(pool)
+        .fetch_all(&mut *connection)
         .await?;
         tables.insert(*table, rows.into_iter().collect());
     }
@@ -72,6 +72,60 @@ pub enum RowDifference {
         expected: String,
         actual: String,
     },
+}
+
+impl RowDifference {
+    pub fn table(&self) -> &'static str {
+        match self {
+            Self::Missing { table, .. }
+            | Self::Unexpected { table, .. }
+            | Self::Changed { table, .. } => table,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Missing { key, .. }
+            | Self::Unexpected { key, .. }
+            | Self::Changed { key, .. } => key,
+        }
+    }
+}
+
+impl std::fmt::Display for RowDifference {
+    /// One difference per line block: the table and key, then what the
+    /// rebuild has (`expected`) and what the live generation has (`live`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing {
+                table,
+                key,
+                expected,
+            } => write!(
+                f,
+                "{table} {key}: missing from live
+  expected {expected}"
+            ),
+            Self::Unexpected { table, key, actual } => {
+                write!(
+                    f,
+                    "{table} {key}: only in live
+  live     {actual}"
+                )
+            }
+            Self::Changed {
+                table,
+                key,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "{table} {key}: differs
+  expected {expected}
+  live     {actual}"
+            ),
+        }
+    }
 }
 
 /// Every row that differs between `expected` and `actual`.

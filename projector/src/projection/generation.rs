@@ -8,7 +8,7 @@
 use std::fmt;
 
 use anyhow::Context as _;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Executor as _, PgConnection, PgPool};
 
 /// Version of `generation.sql`. A live generation built with another version
 /// must be rebuilt (`projector replay`) before this binary serves it.
@@ -45,7 +45,7 @@ impl Generation {
     }
 
     /// Accepts a stored name only if it has the shape this module gives names.
-    fn parse(name: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(name: &str) -> anyhow::Result<Self> {
         let valid = name
             .strip_prefix("hookstream_gen_")
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
@@ -123,11 +123,12 @@ async fn create_locked(tx: &mut PgConnection, built_from: &str) -> anyhow::Resul
     .await?;
     let generation = Generation::numbered(next);
     // A schema of that name left by a crashed, unregistered attempt would be junk.
-    sqlx::raw_sql(&format!("drop schema if exists {generation} cascade"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::raw_sql(&DDL.replace("{schema}", generation.name()))
-        .execute(&mut *tx)
+    run_script(
+        &mut *tx,
+        &format!("drop schema if exists {generation} cascade"),
+    )
+    .await?;
+    run_script(&mut *tx, &DDL.replace("{schema}", generation.name()))
         .await
         .with_context(|| format!("cannot create projection tables in {generation}"))?;
     sqlx::query(
@@ -164,11 +165,13 @@ async fn activate_locked(
             .fetch_optional(&mut *tx)
             .await?;
     for relation in READER_RELATIONS {
-        sqlx::raw_sql(&format!(
-            "drop view if exists projection.{relation}; create view projection.{relation} as select * from {};",
-            generation.qualify(relation)
-        ))
-        .execute(&mut *tx)
+        run_script(
+            tx,
+            &format!(
+                "drop view if exists projection.{relation}; create view projection.{relation} as select * from {};",
+                generation.qualify(relation)
+            ),
+        )
         .await?;
     }
     sqlx::query(
@@ -197,11 +200,28 @@ async fn activate_locked(
     Ok(previous)
 }
 
+/// Runs SQL statements without parameters (simple query protocol).
+/// `Executor::execute` rather than `sqlx::raw_sql`: the latter's future is not
+/// provably `Send`, and replay runs in spawned tasks.
+async fn run_script(tx: &mut PgConnection, sql: &str) -> sqlx::Result<()> {
+    tx.execute(sql).await?;
+    Ok(())
+}
+
 /// The live generation, locked FOR SHARE for the rest of the caller's
 /// transaction: a switch waits for the batch holding it, and a batch that
 /// starts after a switch sees the new generation.
 pub async fn lock_live(tx: &mut PgConnection) -> anyhow::Result<Generation> {
     let name: String = sqlx::query_scalar("select generation from projection_live for share")
+        .fetch_optional(&mut *tx)
+        .await?
+        .context("no live projection generation")?;
+    Generation::parse(&name)
+}
+
+/// The live generation as the caller's transaction sees it, unlocked.
+pub async fn live_in(tx: &mut PgConnection) -> anyhow::Result<Generation> {
+    let name: String = sqlx::query_scalar("select generation from projection_live")
         .fetch_optional(&mut *tx)
         .await?
         .context("no live projection generation")?;
@@ -229,9 +249,11 @@ pub async fn drop_generation(pool: &PgPool, generation: &Generation) -> anyhow::
             .fetch_one(&mut *tx)
             .await?;
     anyhow::ensure!(!is_live, "{generation} is live and cannot be dropped");
-    sqlx::raw_sql(&format!("drop schema if exists {generation} cascade"))
-        .execute(&mut *tx)
-        .await?;
+    run_script(
+        &mut tx,
+        &format!("drop schema if exists {generation} cascade"),
+    )
+    .await?;
     sqlx::query("delete from projection_generations where name = $1")
         .bind(generation.name())
         .execute(&mut *tx)

@@ -149,9 +149,13 @@ async fn wait_consumed(pool: &PgPool, topic: &str, count: usize, within: Duratio
 async fn assert_live_equals_in_order(pool: &PgPool, events: &[IncomingEvent]) {
     let reference = generation::create(pool, "test").await.unwrap();
     apply_into(pool, &reference, events, 1).await;
-    let expected = dump::dump(pool, &reference).await.unwrap();
+    let expected = dump::dump(&mut pool.acquire().await.unwrap(), &reference)
+        .await
+        .unwrap();
     let live = generation::live(pool).await.unwrap().unwrap();
-    let actual = dump::dump(pool, &live).await.unwrap();
+    let actual = dump::dump(&mut pool.acquire().await.unwrap(), &live)
+        .await
+        .unwrap();
     let differences = dump::compare(&expected, &actual);
     assert!(
         differences.is_empty(),
@@ -423,9 +427,57 @@ async fn messages_kafka_lost_before_they_were_applied_are_backfilled_from_the_lo
 async fn dump_equals_in_order(pool: &PgPool, events: &[IncomingEvent]) -> bool {
     let reference = generation::create(pool, "test").await.unwrap();
     apply_into(pool, &reference, events, 500).await;
-    let expected = dump::dump(pool, &reference).await.unwrap();
+    let expected = dump::dump(&mut pool.acquire().await.unwrap(), &reference)
+        .await
+        .unwrap();
     let live = generation::live(pool).await.unwrap().unwrap();
-    let actual = dump::dump(pool, &live).await.unwrap();
+    let actual = dump::dump(&mut pool.acquire().await.unwrap(), &live)
+        .await
+        .unwrap();
     generation::drop_generation(pool, &reference).await.unwrap();
     dump::compare(&expected, &actual).is_empty()
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn a_replay_from_kafka_while_the_consumer_runs_switches_without_losing_an_event(
+    pool: PgPool,
+) {
+    use hookstream_projector::rebuild::progress::{ProgressMode, ProgressReport};
+    use hookstream_projector::rebuild::replay::{ReplayOptions, ReplaySource, replay};
+
+    let topic = topic();
+    let events = polarsim_stream();
+    let (first, second) = events.split_at(events.len() / 2);
+    publish(&topic, first).await;
+    let config = config(&topic, &[]);
+    let options = ReplayOptions {
+        source: ReplaySource::Kafka {
+            kafka: config.kafka.clone(),
+            group: config.consumer.group_id.clone(),
+        },
+        keep_old: false,
+        chunk: 50,
+    };
+    let running = start(&pool, config).await;
+    wait_consumed(&pool, &topic.name, first.len(), Duration::from_secs(60)).await;
+    let before = generation::live(&pool).await.unwrap().unwrap();
+
+    // The second half arrives while the replay runs; the live consumer
+    // applies it to whichever generation is live at each batch.
+    let mut progress = ProgressReport::new(ProgressMode::Quiet, "test");
+    let never = CancellationToken::new();
+    let (summary, ()) = tokio::join!(
+        replay(&pool, &options, &never, &mut progress),
+        publish(&topic, second)
+    );
+    let summary = summary.unwrap();
+    assert_eq!(summary.previous, Some(before));
+    assert!(summary.events as usize >= first.len(), "{summary:?}");
+    wait_consumed(&pool, &topic.name, events.len(), Duration::from_secs(60)).await;
+    running.stop().await;
+    assert_eq!(
+        generation::live(&pool).await.unwrap().unwrap(),
+        summary.generation
+    );
+    assert_live_equals_in_order(&pool, events).await;
 }

@@ -6,3 +6,4 @@ mod consumer;
 mod families;
 mod helpers;
 mod order_independence;
+mod replay;

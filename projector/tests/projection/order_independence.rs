@@ -126,7 +126,9 @@ async fn any_order_and_duplicates_give_the_projections_of_in_order_application(p
     generation::ensure_live(&pool).await.unwrap();
     let reference = generation::create(&pool, "test").await.unwrap();
     apply_into(&pool, &reference, events, 1).await;
-    let expected = dump::dump(&pool, &reference).await.unwrap();
+    let expected = dump::dump(&mut pool.acquire().await.unwrap(), &reference)
+        .await
+        .unwrap();
     assert!(
         expected["effective_grants"].len() > 10,
         "the stream grants benefits"
@@ -151,7 +153,9 @@ async fn any_order_and_duplicates_give_the_projections_of_in_order_application(p
         let candidate = generation::create(&pool, "test").await.unwrap();
         let delivered: Vec<IncomingEvent> = order.iter().map(|&i| events[i].clone()).collect();
         apply_into(&pool, &candidate, &delivered, batch).await;
-        let actual = dump::dump(&pool, &candidate).await.unwrap();
+        let actual = dump::dump(&mut pool.acquire().await.unwrap(), &candidate)
+            .await
+            .unwrap();
         let differences = dump::compare(&expected, &actual);
         assert!(
             differences.is_empty(),

@@ -9,6 +9,7 @@
 //! target/release/loadgen projector       # draining a backlog of polarsim events
 //! target/release/loadgen entitlements    # the feature-gate hot path
 //! target/release/loadgen end-to-end      # 200 from ingest to visible in the read API
+//! target/release/loadgen replay          # `projector replay` of a 1M-event log
 //! ```
 
 use std::path::PathBuf;
@@ -51,6 +52,21 @@ enum Bench {
     Entitlements(EntitlementsArgs),
     /// Ingest's 200 to the change being visible in the read API, at a fixed rate.
     EndToEnd(EndToEndArgs),
+    /// `projector replay` from the event log: default chunks against one
+    /// event per transaction.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    common: Common,
+    /// A polarsim events.jsonl to log and replay (default: generated, 45000 customers, about 1M events).
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Events the one-event-per-transaction baseline replays (it is slow).
+    #[arg(long, default_value_t = 20_000)]
+    baseline_events: usize,
 }
 
 #[derive(Args)]
@@ -63,6 +79,10 @@ struct ProjectorArgs {
     /// Events the one-transaction-per-event baseline drains (it is slow).
     #[arg(long, default_value_t = 20_000)]
     baseline_events: usize,
+    /// Partitions of the topic; the mock broker holds 5 MB per partition,
+    /// which bounds the backlog.
+    #[arg(long, default_value_t = 48)]
+    partitions: i32,
 }
 
 #[derive(Args)]
@@ -144,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Projector(args) => projector(args).await,
         Bench::Entitlements(args) => entitlements(args).await,
         Bench::EndToEnd(args) => end_to_end(args).await,
+        Bench::Replay(args) => replay(args).await,
     }
 }
 
@@ -438,16 +459,29 @@ async fn drain(
 }
 
 async fn projector(args: ProjectorArgs) -> anyhow::Result<()> {
-    let events = stream(&args.common, args.events.clone(), 2, 45_000)?;
+    let mut events = stream(&args.common, args.events.clone(), 2, 45_000)?;
+    // librdkafka's mock broker keeps at most 5 MB per partition and drops
+    // older messages: the backlog is cut to what it can hold, with margin.
+    let capacity = args.partitions as usize * 4 * 1024 * 1024;
+    let mut bytes = 0;
+    let fits = events
+        .iter()
+        .take_while(|e| {
+            bytes += e.body.len() + 200;
+            bytes <= capacity
+        })
+        .count();
+    events.truncate(fits);
     println!(
-        "projector: draining a backlog of {} polarsim events from a 6-partition topic",
-        events.len()
+        "projector: draining a backlog of {} polarsim events from a {}-partition topic (all the mock broker holds)",
+        events.len(),
+        args.partitions
     );
     let kafka = EmbeddedKafka::start(1)?;
 
     // Baseline: the same projector applying one event per transaction.
     let baseline_events = &events[..args.baseline_events.min(events.len())];
-    kafka.create_topic("baseline", 6)?;
+    kafka.create_topic("baseline", args.partitions)?;
     hookstream_tests::bench::publish_stream(kafka.bootstrap_servers(), "baseline", baseline_events)
         .await?;
     let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
@@ -471,7 +505,7 @@ async fn projector(args: ProjectorArgs) -> anyhow::Result<()> {
     service.stop()?;
     database.drop_now().await?;
 
-    kafka.create_topic("backlog", 6)?;
+    kafka.create_topic("backlog", args.partitions)?;
     let published = Instant::now();
     hookstream_tests::bench::publish_stream(kafka.bootstrap_servers(), "backlog", &events).await?;
     eprintln!(
@@ -749,4 +783,97 @@ async fn end_to_end(args: EndToEndArgs) -> anyhow::Result<()> {
         "{failed} webhooks failed or never became visible"
     );
     Ok(())
+}
+
+/// Logs a polarsim stream as ingest would, then times `projector replay` on
+/// it: first with one event per transaction on a prefix (the baseline), then
+/// with default chunks on all of it. Both are the real binary's own summary.
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let events = stream(&args.common, args.events.clone(), 2, 45_000)?;
+    let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
+    let pool = hookstream_shared::db::connect_and_migrate(
+        &hookstream_shared::db::DatabaseSettings::for_url(&database.url),
+        "loadgen",
+    )
+    .await?;
+    let baseline_events = args.baseline_events.min(events.len());
+    println!(
+        "replay: {} polarsim events in the log; baseline on the first {baseline_events}",
+        events.len()
+    );
+    let logging = Instant::now();
+    log_stream(&pool, &events[..baseline_events]).await?;
+    let baseline = run_replay(&args.common, &database, &["--chunk", "1"])?;
+    println!(
+        "{:<40} {:>9.0} events/s  ({baseline_events} events)",
+        "one event per transaction", baseline
+    );
+    log_stream(&pool, &events[baseline_events..]).await?;
+    eprintln!(
+        "  logged {} events in {:.1} s (not counted)",
+        events.len(),
+        logging.elapsed().as_secs_f64()
+    );
+    let chunked = run_replay(&args.common, &database, &[])?;
+    println!(
+        "{:<40} {:>9.0} events/s  ({} events)",
+        "default chunks (10000 per transaction)",
+        chunked,
+        events.len()
+    );
+    println!("chunked / one per transaction: x{:.1}", chunked / baseline);
+    pool.close().await;
+    if !args.common.keep_database {
+        database.drop_now().await?;
+    }
+    Ok(())
+}
+
+/// Appends events to the log in ingest-sized batches.
+async fn log_stream(pool: &sqlx::PgPool, events: &[SimEvent]) -> anyhow::Result<()> {
+    use hookstream_shared::{envelope, event_log};
+    for chunk in events.chunks(2000) {
+        let batch = chunk
+            .iter()
+            .map(|e| {
+                let parsed = envelope::parse(e.body.as_bytes())?;
+                Ok(event_log::NewEvent {
+                    source: "polar".to_owned(),
+                    webhook_id: e.webhook_id.clone(),
+                    event_type: parsed.event_type,
+                    partition_key: parsed.partition_key.unwrap_or_else(|| e.webhook_id.clone()),
+                    occurred_at: parsed.occurred_at,
+                    body: Bytes::from(e.body.clone()),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        event_log::append_batch(pool, &batch).await?;
+    }
+    // The relay is not running; nothing should wait on an outbox.
+    sqlx::query("delete from event_log_outbox")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Runs `projector replay` and returns the events/s from its summary line.
+fn run_replay(common: &Common, database: &FreshDatabase, extra: &[&str]) -> anyhow::Result<f64> {
+    let output = std::process::Command::new(hookstream_tests::bench::sibling_binary("projector")?)
+        .arg("replay")
+        .args(extra)
+        .env("DATABASE_URL", &database.url)
+        .env("RUST_LOG", "warn")
+        .envs(common.extra_env.iter().map(|(k, v)| (k, v)))
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(output.status.success(), "projector replay failed: {stdout}");
+    eprint!("  {stdout}");
+    // "replayed N events in S s (R events/s) into ..."
+    let rate = stdout
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(" events/s"))
+        .and_then(|(rate, _)| rate.parse::<f64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no rate in the replay summary: {stdout}"))?;
+    Ok(rate)
 }

@@ -3,5 +3,6 @@
 //! per test. One binary for all of them (faster to build and link).
 
 mod helpers;
+mod hostile;
 mod relay;
 mod webhooks;

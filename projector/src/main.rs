@@ -128,7 +128,7 @@ async fn run_replay(settings: &Settings, from: From, keep_old: bool, chunk: usiz
         Ok(setup) => setup,
         Err(e) => return config_error(e),
     };
-    telemetry::init(&log);
+    telemetry::init_for_command(&log);
     let options = ReplayOptions {
         source,
         keep_old,
@@ -169,7 +169,7 @@ async fn run_verify(settings: &Settings, attempts: u32) -> ExitCode {
         Ok(setup) => setup,
         Err(e) => return config_error(e),
     };
-    telemetry::init(&log);
+    telemetry::init_for_command(&log);
     let options = VerifyOptions {
         attempts,
         ..VerifyOptions::default()

@@ -49,13 +49,28 @@ impl LogSettings {
     }
 }
 
-/// Installs the global subscriber. Later calls are ignored, so tests and
-/// embedded runs that start several services in one process can all call it.
+/// Installs the global subscriber, logging to stdout (services). Later calls
+/// are ignored, so tests and embedded runs that start several services in one
+/// process can all call it.
 pub fn init(settings: &LogSettings) {
+    init_with_writer(settings, std::io::stdout);
+}
+
+/// As [`init`], logging to stderr: for commands whose stdout is their result
+/// (`projector replay`, `projector verify`).
+pub fn init_for_command(settings: &LogSettings) {
+    init_with_writer(settings, std::io::stderr);
+}
+
+fn init_with_writer<W>(settings: &LogSettings, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        .with_writer(writer);
     let _ = match settings.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

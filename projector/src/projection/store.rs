@@ -39,6 +39,18 @@ impl BatchOutcome {
     }
 }
 
+/// Whether a batch brings the effective subscriptions and grants of the
+/// customers it touched up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effective {
+    /// Now, in the batch's transaction: what readers of a live generation need.
+    Recompute,
+    /// Later, by the caller ([`recompute_effective`] for every customer in
+    /// `changed_customers`): a generation being built has no readers, and
+    /// recomputing a customer once at the end beats once per chunk.
+    Defer,
+}
+
 /// Applies `events` to `generation`. Runs inside the caller's transaction;
 /// errors are database errors (the caller rolls back and retries). Events that
 /// cannot be decoded are recorded as failures, not errors.
@@ -46,6 +58,7 @@ pub async fn apply_batch(
     tx: &mut PgConnection,
     generation: &Generation,
     events: &[IncomingEvent],
+    effective: Effective,
 ) -> sqlx::Result<BatchOutcome> {
     let mut outcome = BatchOutcome::default();
     let mut newest: HashMap<(Table, String), ObjectChange<'_>> = HashMap::new();
@@ -117,7 +130,7 @@ pub async fn apply_batch(
         rows.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
         upsert_states(tx, generation, &rows).await?;
     }
-    if !recompute.is_empty() {
+    if !recompute.is_empty() && effective == Effective::Recompute {
         let customers: Vec<&str> = recompute.iter().map(String::as_str).collect();
         recompute_effective(tx, generation, &customers).await?;
     }
@@ -276,7 +289,7 @@ async fn upsert_states(
 }
 
 /// Rebuilds the materialised effective rows of `customers` from the views.
-async fn recompute_effective(
+pub async fn recompute_effective(
     tx: &mut PgConnection,
     generation: &Generation,
     customers: &[&str],

@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use hookstream_shared::kafka::KafkaSettings;
 
+use super::StaleCustomers;
 use super::progress::ProgressReport;
 use super::replay::apply_counted;
 use crate::consumer::event_from_message;
 use crate::projection::IncomingEvent;
-use crate::projection::from_log::{Target, apply_to};
 use crate::projection::generation::Generation;
 
 /// How long to wait for the broker's next message before giving up on it.
@@ -179,16 +179,16 @@ impl KafkaReplay {
         pool: &PgPool,
         generation: &Generation,
         stop: &CancellationToken,
+        stale: &mut StaleCustomers,
         progress: &mut ProgressReport,
     ) -> anyhow::Result<u64> {
-        let target = Target::Generation(generation.clone());
         let mut applied = 0;
         while !stop.is_cancelled() {
             let events = self.next_chunk().await?;
             if events.is_empty() {
                 break;
             }
-            apply_to(pool, &target, &events).await?;
+            stale.apply(pool, generation, &events).await?;
             applied += events.len() as u64;
             progress.advance(events.len() as u64);
         }

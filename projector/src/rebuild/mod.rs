@@ -14,12 +14,15 @@ pub mod progress;
 pub mod replay;
 pub mod verify;
 
+use std::collections::BTreeSet;
+
 use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::projection::from_log::{LogCursor, Target, apply_to};
+use crate::projection::from_log::LogCursor;
 use crate::projection::generation::{self, Generation};
+use crate::projection::{Effective, IncomingEvent, apply_with, store};
 use progress::ProgressReport;
 
 /// Session advisory lock held for a whole replay or verify.
@@ -84,9 +87,62 @@ pub async fn log_size(pool: &PgPool) -> sqlx::Result<u64> {
     Ok(u64::try_from(count).unwrap_or(0))
 }
 
+/// Customers whose effective subscriptions and grants a fill left stale:
+/// building applies chunks with [`Effective::Defer`] and recomputes each
+/// customer once at the end ([`StaleCustomers::recompute`]), not once per
+/// chunk it appears in.
+#[derive(Debug, Default)]
+pub struct StaleCustomers(BTreeSet<String>);
+
+/// Customers recomputed per transaction.
+const RECOMPUTE_CHUNK: usize = 2000;
+
+impl StaleCustomers {
+    /// Applies a chunk into `generation` in its own transaction, deferring
+    /// the effective rows.
+    pub async fn apply(
+        &mut self,
+        pool: &PgPool,
+        generation: &Generation,
+        events: &[IncomingEvent],
+    ) -> anyhow::Result<()> {
+        let mut tx = pool.begin().await?;
+        let outcome = apply_with(&mut tx, generation, events, Effective::Defer).await?;
+        tx.commit().await?;
+        self.0.extend(outcome.changed_customers);
+        Ok(())
+    }
+
+    /// Brings every stale customer's effective rows up to date.
+    pub async fn recompute(
+        &mut self,
+        pool: &PgPool,
+        generation: &Generation,
+        progress: &ProgressReport,
+    ) -> anyhow::Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        progress.step(&format!(
+            "computing the effective subscriptions and grants of {} customers",
+            self.0.len()
+        ));
+        let customers: Vec<String> = std::mem::take(&mut self.0).into_iter().collect();
+        for chunk in customers.chunks(RECOMPUTE_CHUNK) {
+            let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let mut tx = pool.begin().await?;
+            store::recompute_effective(&mut tx, generation, &ids).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
 /// Applies the log from `cursor` up to `up_to` into `generation`, one chunk
 /// per transaction, reading the next chunk while the current one is applied.
-/// Returns the events applied; stops between chunks when `stop` fires.
+/// Returns the events applied; stops between chunks when `stop` fires (the
+/// generation is then incomplete and must be dropped).
+#[allow(clippy::too_many_arguments)]
 pub async fn fill_from_log(
     pool: &PgPool,
     generation: &Generation,
@@ -94,15 +150,15 @@ pub async fn fill_from_log(
     up_to: i64,
     chunk: usize,
     stop: &CancellationToken,
+    stale: &mut StaleCustomers,
     progress: &mut ProgressReport,
 ) -> anyhow::Result<u64> {
-    let target = Target::Generation(generation.clone());
     let mut applied = 0u64;
     let mut reader = pool.acquire().await?;
     let mut current = cursor.next_chunk(&mut reader, up_to, chunk).await?;
     while !current.is_empty() && !stop.is_cancelled() {
         let (outcome, next) = tokio::join!(
-            apply_to(pool, &target, &current),
+            stale.apply(pool, generation, &current),
             cursor.next_chunk(&mut reader, up_to, chunk)
         );
         outcome?;

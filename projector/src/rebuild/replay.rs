@@ -23,7 +23,7 @@ use hookstream_shared::kafka::KafkaSettings;
 
 use super::from_kafka::KafkaReplay;
 use super::progress::ProgressReport;
-use super::{RebuildLock, drop_abandoned, fill_from_log, log_size};
+use super::{RebuildLock, StaleCustomers, drop_abandoned, fill_from_log, log_size};
 use crate::changes;
 use crate::projection::from_log::{LogCursor, log_head};
 use crate::projection::generation::{self, Generation};
@@ -85,7 +85,7 @@ pub async fn replay(
 ) -> anyhow::Result<ReplaySummary> {
     let lock = RebuildLock::acquire(pool).await?;
     drop_abandoned(pool, &lock).await?;
-    let generation = generation::create(pool, options.source.name()).await?;
+    let generation = generation::create_unlogged(pool, options.source.name()).await?;
     progress.step(&format!(
         "replaying from the {} into {generation}",
         options.source.name()
@@ -134,8 +134,21 @@ async fn build_and_switch(
         ReplaySource::Log => {
             let mut cursor = LogCursor::after(0);
             progress.set_total(log_size(pool).await?);
-            catch_up_from_log(pool, generation, &mut cursor, options.chunk, stop, progress).await?;
+            let mut stale = StaleCustomers::default();
+            catch_up_from_log(
+                pool,
+                generation,
+                &mut cursor,
+                options.chunk,
+                stop,
+                &mut stale,
+                progress,
+            )
+            .await?;
             anyhow::ensure!(!stop.is_cancelled(), "replay interrupted");
+            stale.recompute(pool, generation, progress).await?;
+            progress.step("writing the new generation to the write-ahead log");
+            generation::make_durable(pool, generation).await?;
             progress.step("switching to the new generation");
             let mut tx = pool.begin().await?;
             lock_live_for_switch(&mut tx).await?;
@@ -155,9 +168,12 @@ async fn build_and_switch(
         }
         ReplaySource::Kafka { kafka, group } => {
             let mut source = KafkaReplay::start(kafka, options.chunk).await?;
+            let mut stale = StaleCustomers::default();
             progress.set_total(source.remaining());
             loop {
-                let applied = source.fill(pool, generation, stop, progress).await?;
+                let applied = source
+                    .fill(pool, generation, stop, &mut stale, progress)
+                    .await?;
                 anyhow::ensure!(!stop.is_cancelled(), "replay interrupted");
                 if applied < options.chunk as u64 {
                     break;
@@ -165,6 +181,9 @@ async fn build_and_switch(
                 source.extend_to_high_watermarks().await?;
                 progress.set_total(progress.events() + source.remaining());
             }
+            stale.recompute(pool, generation, progress).await?;
+            progress.step("writing the new generation to the write-ahead log");
+            generation::make_durable(pool, generation).await?;
             progress.step("switching to the new generation");
             let mut tx = pool.begin().await?;
             lock_live_for_switch(&mut tx).await?;
@@ -187,11 +206,13 @@ async fn catch_up_from_log(
     cursor: &mut LogCursor,
     chunk: usize,
     stop: &CancellationToken,
+    stale: &mut StaleCustomers,
     progress: &mut ProgressReport,
 ) -> anyhow::Result<()> {
     loop {
         let head = log_head(&mut *pool.acquire().await?).await?;
-        let applied = fill_from_log(pool, generation, cursor, head, chunk, stop, progress).await?;
+        let applied =
+            fill_from_log(pool, generation, cursor, head, chunk, stop, stale, progress).await?;
         if stop.is_cancelled() || applied < chunk as u64 {
             return Ok(());
         }

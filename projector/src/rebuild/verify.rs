@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::progress::ProgressReport;
 use super::replay::apply_counted;
-use super::{RebuildLock, drop_abandoned, fill_from_log, log_size};
+use super::{RebuildLock, StaleCustomers, drop_abandoned, fill_from_log, log_size};
 use crate::projection::dump::{self, RowDifference};
 use crate::projection::from_log::{LogCursor, log_head};
 use crate::projection::generation::{self, Generation};
@@ -59,7 +59,7 @@ pub async fn verify(
 ) -> anyhow::Result<VerifyReport> {
     let lock = RebuildLock::acquire(pool).await?;
     drop_abandoned(pool, &lock).await?;
-    let scratch = generation::create(pool, "verify").await?;
+    let scratch = generation::create_unlogged(pool, "verify").await?;
     let result = build_and_compare(pool, options, &scratch, stop, progress).await;
     let dropped = generation::drop_generation(pool, &scratch).await;
     lock.release().await.ok();
@@ -79,6 +79,7 @@ async fn build_and_compare(
     progress.set_total(log_size(pool).await?);
     let mut cursor = LogCursor::after(0);
     let head = log_head(&mut *pool.acquire().await?).await?;
+    let mut stale = StaleCustomers::default();
     fill_from_log(
         pool,
         scratch,
@@ -86,10 +87,12 @@ async fn build_and_compare(
         head,
         options.chunk,
         stop,
+        &mut stale,
         progress,
     )
     .await?;
     anyhow::ensure!(!stop.is_cancelled(), "verify interrupted");
+    stale.recompute(pool, scratch, progress).await?;
 
     let mut persistent: Option<BTreeSet<(&'static str, String)>> = None;
     let attempts = options.attempts.max(1);

@@ -871,7 +871,9 @@ fn run_replay(common: &Common, database: &FreshDatabase, extra: &[&str]) -> anyh
     eprint!("  {stdout}");
     // "replayed N events in S s (R events/s) into ..."
     let rate = stdout
-        .split_once('(')
+        .lines()
+        .find(|l| l.starts_with("replayed "))
+        .and_then(|l| l.split_once('('))
         .and_then(|(_, rest)| rest.split_once(" events/s"))
         .and_then(|(rate, _)| rate.parse::<f64>().ok())
         .ok_or_else(|| anyhow::anyhow!("no rate in the replay summary: {stdout}"))?;

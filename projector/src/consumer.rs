@@ -271,8 +271,16 @@ pub fn spawn(
         metrics,
         stop: stop.clone(),
     };
-    let consumer: BaseConsumer<ProjectorContext> = kafka
-        .client_config()?
+    let mut config = kafka.client_config()?;
+    // How long the broker may hold a fetch that finds nothing new. A broker
+    // answers as soon as data arrives, but librdkafka's mock broker (the
+    // local run, the tests) waits the whole time: its default of 500 ms was
+    // most of the end-to-end latency there. KAFKA_PROPERTY_FETCH_WAIT_MAX_MS
+    // overrides it.
+    if config.get("fetch.wait.max.ms").is_none() {
+        config.set("fetch.wait.max.ms", "10");
+    }
+    let consumer: BaseConsumer<ProjectorContext> = config
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

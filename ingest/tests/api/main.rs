@@ -4,5 +4,6 @@
 
 mod helpers;
 mod hostile;
+mod overload;
 mod relay;
 mod webhooks;

@@ -35,7 +35,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let keys = SigningKeys::derive(
         KeyRule::Polar,
-        &[Secret::new("polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK")],
+        &[Secret::new(
+            "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK",
+        )],
     )
     .expect("the key derives");
     let verifier = Verifier::new(keys, Duration::from_secs(300));

@@ -73,6 +73,7 @@ async fn far_more_requests_than_the_queue_holds_get_503_and_lose_nothing(pool: P
 
     let mut acknowledged = BTreeSet::new();
     let mut refused = 0;
+    let mut reset = 0;
     for (id, outcome) in outcomes {
         match outcome {
             Ok((200, _)) => {
@@ -83,7 +84,10 @@ async fn far_more_requests_than_the_queue_holds_get_503_and_lose_nothing(pool: P
                 refused += 1;
             }
             Ok((status, _)) => panic!("{id}: unexpected status {status}"),
-            Err(e) => panic!("{id}: the connection failed under load: {e}"),
+            // Refused before its body was read, the request's connection is
+            // closed under the client's upload and the 503 may be lost to a
+            // reset. Not acknowledged either way, so Polar would retry it.
+            Err(_) => reset += 1,
         }
     }
     assert!(
@@ -92,6 +96,7 @@ async fn far_more_requests_than_the_queue_holds_get_503_and_lose_nothing(pool: P
         acknowledged.len()
     );
     assert!(!acknowledged.is_empty(), "some webhooks got through");
+    assert_eq!(acknowledged.len() + refused + reset, REQUESTS);
 
     let logged: BTreeSet<String> = sqlx::query_scalar("select webhook_id from event_log")
         .fetch_all(&app.pool)

@@ -82,17 +82,12 @@ impl Appender {
         webhook: VerifiedWebhook,
         envelope: Envelope,
     ) -> Result<Appended, AppendError> {
-        let partition_key = envelope
-            .partition_key
-            .unwrap_or_else(|| webhook.webhook_id().to_owned());
-        let event = NewEvent {
-            source: source.to_owned(),
-            webhook_id: webhook.webhook_id().to_owned(),
-            event_type: envelope.event_type,
-            partition_key,
-            occurred_at: envelope.occurred_at,
-            body: webhook.body().clone(),
-        };
+        let event = NewEvent::from_envelope(
+            source,
+            webhook.webhook_id(),
+            envelope,
+            webhook.body().clone(),
+        );
         let (reply, answer) = oneshot::channel();
         self.queue
             .try_send(AppendRequest { event, reply })

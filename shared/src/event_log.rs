@@ -26,6 +26,29 @@ pub struct NewEvent {
     pub body: bytes::Bytes,
 }
 
+impl NewEvent {
+    /// The row for a webhook whose envelope has been parsed. The partition
+    /// key falls back to the webhook id when the event names no customer or
+    /// object (DESIGN.md "Kafka message").
+    pub fn from_envelope(
+        source: &str,
+        webhook_id: &str,
+        envelope: crate::envelope::Envelope,
+        body: bytes::Bytes,
+    ) -> Self {
+        Self {
+            source: source.to_owned(),
+            webhook_id: webhook_id.to_owned(),
+            event_type: envelope.event_type,
+            partition_key: envelope
+                .partition_key
+                .unwrap_or_else(|| webhook_id.to_owned()),
+            occurred_at: envelope.occurred_at,
+            body,
+        }
+    }
+}
+
 /// What became of one appended event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {

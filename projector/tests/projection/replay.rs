@@ -30,14 +30,7 @@ async fn log_events(pool: &PgPool, events: &[IncomingEvent]) -> Vec<IncomingEven
             .iter()
             .map(|e| {
                 let parsed = envelope::parse(&e.body).unwrap();
-                NewEvent {
-                    source: "polar".into(),
-                    webhook_id: e.webhook_id.clone(),
-                    event_type: parsed.event_type,
-                    partition_key: parsed.partition_key.unwrap_or_else(|| e.webhook_id.clone()),
-                    occurred_at: parsed.occurred_at,
-                    body: e.body.clone().into(),
-                }
+                NewEvent::from_envelope("polar", &e.webhook_id, parsed, e.body.clone().into())
             })
             .collect();
         let appended = event_log::append_batch(pool, &new).await.unwrap();

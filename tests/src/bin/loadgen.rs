@@ -891,14 +891,12 @@ async fn log_stream(pool: &sqlx::PgPool, events: &[SimEvent]) -> anyhow::Result<
             .iter()
             .map(|e| {
                 let parsed = envelope::parse(e.body.as_bytes())?;
-                Ok(event_log::NewEvent {
-                    source: "polar".to_owned(),
-                    webhook_id: e.webhook_id.clone(),
-                    event_type: parsed.event_type,
-                    partition_key: parsed.partition_key.unwrap_or_else(|| e.webhook_id.clone()),
-                    occurred_at: parsed.occurred_at,
-                    body: Bytes::from(e.body.clone()),
-                })
+                Ok(event_log::NewEvent::from_envelope(
+                    "polar",
+                    &e.webhook_id,
+                    parsed,
+                    Bytes::from(e.body.clone()),
+                ))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         event_log::append_batch(pool, &batch).await?;

@@ -119,15 +119,29 @@ impl Drop for Service {
     }
 }
 
-/// The path of another binary built beside this one (same profile).
+/// The path of another binary built beside this one (same profile). A test
+/// executable lives one level down, in `deps/`; `cargo test --workspace`
+/// builds the service binaries in the directory above it.
 pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name(name);
-    anyhow::ensure!(
-        path.exists(),
-        "{} not found: build it first (cargo build --release -p hookstream-ingest -p hookstream-projector)",
-        path.display()
-    );
-    Ok(path)
+    let exe = std::env::current_exe()?;
+    let beside = exe.with_file_name(name);
+    let candidates = [
+        Some(beside.clone()),
+        exe.parent()
+            .filter(|dir| dir.ends_with("deps"))
+            .and_then(|dir| dir.parent())
+            .map(|dir| dir.join(name)),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|path| path.exists())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} not found: build it first (cargo build --release -p hookstream-ingest -p hookstream-projector, or cargo test --workspace)",
+                beside.display()
+            )
+        })
 }
 
 /// One GET on a fresh connection: status and body.

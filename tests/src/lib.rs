@@ -3,6 +3,8 @@
 //! streams.
 
 pub mod bench;
+pub mod chaos;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -25,6 +25,7 @@ use hookstream_ingest::signature::{KeyRule, signature_header};
 use hookstream_shared::config::Secret;
 use hookstream_shared::kafka::EmbeddedKafka;
 use hookstream_tests::bench::{FreshDatabase, Measured, Pace, Service, drive, free_port};
+use hookstream_tests::chaos::{BrokerChoice, ChaosPlan};
 use hookstream_tests::{SimEvent, generate, read_events};
 
 // mimalloc: the service allocates per request and per batch from several
@@ -55,30 +56,41 @@ enum Bench {
     /// `projector replay` from the event log: default chunks against one
     /// event per transaction.
     Replay(ReplayArgs),
-    /// Reliability: `kill -9` ingest and the projector at random moments
-    /// under a retrying polarsim stream, then check nothing was lost or
-    /// applied twice (RELIABILITY.md).
+    /// Reliability: `kill -9` ingest and the projectors, crash Postgres and
+    /// take the broker away at random moments under a retrying polarsim
+    /// stream, then check nothing was lost or applied twice (RELIABILITY.md).
     Chaos(ChaosArgs),
 }
 
 #[derive(Args)]
 struct ChaosArgs {
-    #[command(flatten)]
-    common: Common,
+    /// Where polarsim streams are generated and cached.
+    #[arg(long, default_value = "bench-data")]
+    data_dir: PathBuf,
     /// Customers in the polarsim stream (about 30 events each).
     #[arg(long, default_value_t = 200)]
     customers: u32,
     /// Webhooks per second polarsim sends (retries included).
     #[arg(long, default_value_t = 300.0)]
     rate: f64,
-    /// Crashes to inflict (alternating at random between the services).
+    /// `kill -9`s to inflict, each of ingest or one of the two projectors at random.
     #[arg(long, default_value_t = 100)]
     kills: u32,
-    /// Longest pause between two crashes, in milliseconds (the pause is random below it).
+    /// Postgres crashes (immediate shutdown) and restarts, on the run's own server.
+    #[arg(long, default_value_t = 3)]
+    postgres_restarts: u32,
+    /// Times the broker becomes unreachable for 2 to 5 seconds.
+    #[arg(long, default_value_t = 3)]
+    broker_outages: u32,
+    /// Longest pause between two disruptions, in milliseconds (the pause is random below it).
     #[arg(long, default_value_t = 1500)]
     max_pause_ms: u64,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Run against this `tansu` binary (a separate Kafka-compatible broker,
+    /// in-memory storage) instead of librdkafka's mock cluster.
+    #[arg(long)]
+    tansu: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -932,192 +944,47 @@ fn run_replay(common: &Common, database: &FreshDatabase, extra: &[&str]) -> anyh
     Ok(rate)
 }
 
-/// A small deterministic generator for crash timing (no dependency needed).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
-    use hookstream_tests::bench::get;
-    let dir = args
-        .common
-        .data_dir
-        .join(format!("polarsim-chaos-{}", args.customers));
-    generate(&dir, 7, args.customers, 60)?;
-    let events = read_events(&dir.join("events.jsonl"))?;
-    let database = FreshDatabase::create(&args.common.database_server, "hookstream_chaos").await?;
-    // The broker lives in this process, so it survives every crash.
-    let kafka = EmbeddedKafka::start(1)?;
-    kafka.create_topic("polar.events", 6)?;
-    let ingest_port = free_port()?;
-    let projector_port = free_port()?;
-    let ingest_env: Vec<(&str, String)> = vec![
-        ("DATABASE_URL", database.url.clone()),
-        ("KAFKA_BROKERS", kafka.bootstrap_servers().to_owned()),
-        ("POLAR_WEBHOOK_SECRET", SECRET.to_owned()),
-        ("INGEST_LISTEN", format!("127.0.0.1:{ingest_port}")),
-        ("RELAY_SWEEP_AFTER_MS", "1000".to_owned()),
-    ];
-    let projector_env: Vec<(&str, String)> = vec![
-        ("DATABASE_URL", database.url.clone()),
-        ("KAFKA_BROKERS", kafka.bootstrap_servers().to_owned()),
-        ("PROJECTOR_API_TOKENS", TOKEN.to_owned()),
-        ("PROJECTOR_LISTEN", format!("127.0.0.1:{projector_port}")),
-        ("PROJECTOR_SESSION_TIMEOUT_MS", "3000".to_owned()),
-    ];
-    let mut ingest = Some(Service::start("ingest", ingest_port, &ingest_env).await?);
-    let mut projector = Some(Service::start("projector", projector_port, &projector_env).await?);
+    let plan = ChaosPlan {
+        customers: args.customers,
+        rate: args.rate,
+        kills: args.kills,
+        postgres_restarts: args.postgres_restarts,
+        broker_outages: args.broker_outages,
+        max_pause: Duration::from_millis(args.max_pause_ms),
+        seed: args.seed,
+        broker: match args.tansu {
+            Some(binary) => BrokerChoice::Tansu { binary },
+            None => BrokerChoice::Mock,
+        },
+        data_dir: args.data_dir,
+    };
     println!(
-        "chaos: {} polarsim events ({} customers) at {}/s with 20% duplicates and reordering; {} kill -9s",
-        events.len(),
-        args.customers,
-        args.rate,
-        args.kills
+        "chaos against {}: {} customers at {}/s with 20% duplicates and reordering; {} kill -9s, {} Postgres crashes, {} broker outages",
+        match &plan.broker {
+            BrokerChoice::Mock => "the mock broker".to_owned(),
+            BrokerChoice::Tansu { binary } => binary.display().to_string(),
+        },
+        plan.customers,
+        plan.rate,
+        plan.kills,
+        plan.postgres_restarts,
+        plan.broker_outages
     );
-
-    let report = dir.join("send-report.json");
-    let mut sender = hookstream_tests::polarsim_command("send")?
-        .arg(dir.join("events.jsonl"))
-        .args([
-            "--url",
-            &format!("http://127.0.0.1:{ingest_port}/webhooks/polar"),
-        ])
-        .args([
-            "--secret",
-            SECRET,
-            "--dup-rate",
-            "0.2",
-            "--reorder-window",
-            "50",
-        ])
-        .args(["--rate", &args.rate.to_string(), "--concurrency", "32"])
-        // Polar's own attempt count, with a shorter base so a run ends in minutes.
-        .args([
-            "--retries",
-            "10",
-            "--retry-base-ms",
-            "300",
-            "--timeout",
-            "10",
-        ])
-        .arg("--report")
-        .arg(&report)
-        .arg("--quiet")
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-
-    let mut random = XorShift(args.seed.max(1));
-    let mut crashes = (0u32, 0u32);
-    let started = Instant::now();
-    while crashes.0 + crashes.1 < args.kills && sender.try_wait()?.is_none() {
-        tokio::time::sleep(Duration::from_millis(
-            random.next() % args.max_pause_ms.max(1),
-        ))
-        .await;
-        // Drop = SIGKILL: no graceful shutdown, no flush.
-        if random.next().is_multiple_of(2) {
-            drop(ingest.take());
-            crashes.0 += 1;
-            ingest = Some(Service::start("ingest", ingest_port, &ingest_env).await?);
-        } else {
-            drop(projector.take());
-            crashes.1 += 1;
-            projector = Some(Service::start("projector", projector_port, &projector_env).await?);
-        }
-    }
-    let sent = tokio::task::spawn_blocking(move || sender.wait()).await??;
+    let report = hookstream_tests::chaos::run(&plan).await?;
+    println!("  events in the stream: {}", report.events);
+    report.print();
+    let passed = report.passed(&plan);
     println!(
-        "  {} kill -9s (ingest {}, projector {}) in {:.0} s; sender exit {}",
-        crashes.0 + crashes.1,
-        crashes.0,
-        crashes.1,
-        started.elapsed().as_secs_f64(),
-        sent
-    );
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
-    println!("  polarsim send: {summary}");
-
-    // Every acknowledged webhook is in the log exactly once, and published.
-    let pool = sqlx::PgPool::connect(&database.url).await?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let queued: i64 = sqlx::query_scalar("select count(*) from event_log_outbox")
-            .fetch_one(&pool)
-            .await?;
-        if queued == 0 {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{queued} events never published");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let logged: Vec<String> = sqlx::query_scalar("select webhook_id from event_log")
-        .fetch_all(&pool)
-        .await?;
-    let logged_set: std::collections::BTreeSet<&str> = logged.iter().map(String::as_str).collect();
-    let lost = events
-        .iter()
-        .filter(|e| !logged_set.contains(e.webhook_id.as_str()))
-        .count();
-    let doubled = logged.len() - logged_set.len();
-    println!(
-        "  log: {} rows for {} events; lost {lost}, logged twice {doubled}, unpublished 0",
-        logged.len(),
-        events.len()
-    );
-
-    // The projections equal a fresh rebuild from the log, and Polar's SDK
-    // agrees with polarsim's ground truth.
-    let api = format!("http://127.0.0.1:{projector_port}");
-    let verdict = hookstream_tests::polarsim_command("verify")?
-        .arg(dir.join("expected.json"))
-        .args(["--api", &api, "--token", TOKEN, "--timeout", "120"])
-        .output()?;
-    let verdict_text = String::from_utf8_lossy(&verdict.stdout);
-    println!(
-        "  polarsim verify: {}",
-        verdict_text
-            .lines()
-            .find(|l| l.starts_with("verify:"))
-            .unwrap_or("(no summary)")
-    );
-    let drift = std::process::Command::new(hookstream_tests::bench::sibling_binary("projector")?)
-        .args(["verify", "--attempts", "5"])
-        .env("DATABASE_URL", &database.url)
-        .env("RUST_LOG", "warn")
-        .output()?;
-    let drift_text = String::from_utf8_lossy(&drift.stdout);
-    println!(
-        "  projector verify: {}",
-        drift_text.lines().last().unwrap_or("")
-    );
-    let _ = get(&api, "/healthz", None).await;
-    drop(ingest);
-    drop(projector);
-    pool.close().await;
-    let ok = sent.success()
-        && lost == 0
-        && doubled == 0
-        && verdict.status.success()
-        && drift.status.success();
-    println!(
-        "chaos {}: lost = {lost}, double-applied = {}",
-        if ok { "passed" } else { "FAILED" },
-        if drift.status.success() {
+        "chaos {}: lost = {}, double-applied = {}",
+        if passed { "passed" } else { "FAILED" },
+        report.lost,
+        if report.drift_passed {
             "0"
         } else {
             "see projector verify"
         }
     );
-    if !args.common.keep_database && ok {
-        database.drop_now().await?;
-    }
-    anyhow::ensure!(ok, "the chaos run found a problem");
+    anyhow::ensure!(passed, "the chaos run found a problem");
     Ok(())
 }

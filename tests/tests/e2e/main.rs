@@ -3,4 +3,5 @@
 //! pipeline runs for real (ingest, relay, Kafka protocol, projector), and
 //! polarsim verifies every customer's state through Polar's own Python SDK.
 
+mod chaos;
 mod pipeline;

@@ -1,0 +1,552 @@
+//! The crash-and-outage run behind RELIABILITY.md: the real service binaries
+//! under a polarsim stream that retries like Polar, while ingest and the
+//! projectors are `kill -9`ed, Postgres crashes and comes back, and the broker
+//! goes away for a while. Afterwards every guarantee is checked from the
+//! outside: every webhook acknowledged is in the log exactly once and was
+//! published, Polar's SDK reads the true state, and the projections equal a
+//! fresh rebuild from the log.
+//!
+//! Postgres is a server of the run's own ([`PrivatePostgres`]), so crashing
+//! it disturbs nothing else on the machine. Two projector replicas share the
+//! topic, so a kill also moves partitions between consumers (a rebalance).
+//! The broker is librdkafka's mock cluster (in this process, so it survives
+//! every crash) or a separate Kafka-compatible broker process ([`Broker`]).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::Request;
+
+use hookstream_ingest::signature::{KeyRule, signature_header};
+use hookstream_shared::config::Secret;
+use hookstream_shared::kafka::EmbeddedKafka;
+
+use crate::bench::{FreshDatabase, Service, connect, free_port, get, sibling_binary};
+use crate::postgres::PrivatePostgres;
+use crate::{generate, polarsim_command, read_events};
+
+const SECRET: &str = "polar_whs_chaos_run_secret_0123456789abcdef";
+const TOKEN: &str = "chaos-token-0123456789";
+const TOPIC: &str = "polar.events";
+const PARTITIONS: i32 = 6;
+
+/// Which broker the run uses.
+#[derive(Debug, Clone)]
+pub enum BrokerChoice {
+    /// librdkafka's mock cluster, in this process.
+    Mock,
+    /// A `tansu` binary, started as its own process with in-memory storage.
+    Tansu { binary: PathBuf },
+}
+
+/// What to inflict, and on how big a stream.
+#[derive(Debug, Clone)]
+pub struct ChaosPlan {
+    /// Customers in the polarsim stream (about 30 events each).
+    pub customers: u32,
+    /// Webhooks per second polarsim sends (retries included).
+    pub rate: f64,
+    /// `kill -9`s, each of ingest or one of the two projectors, at random.
+    pub kills: u32,
+    /// Crashes of Postgres (immediate shutdown), each followed by a restart.
+    pub postgres_restarts: u32,
+    /// Times the broker becomes unreachable for a few seconds.
+    pub broker_outages: u32,
+    /// Longest pause between two disruptions (random below it).
+    pub max_pause: Duration,
+    pub seed: u64,
+    pub broker: BrokerChoice,
+    /// Where polarsim streams are generated and cached.
+    pub data_dir: PathBuf,
+}
+
+/// What a run did and found.
+#[derive(Debug, Clone, Default)]
+pub struct ChaosReport {
+    pub events: usize,
+    /// polarsim send's own summary (deliveries, requests, answers by code).
+    pub send_summary: serde_json::Value,
+    pub sender_succeeded: bool,
+    pub kills_ingest: u32,
+    pub kills_projector: u32,
+    pub postgres_restarts: u32,
+    /// Seconds from each Postgres restart to ingest's next 200, unaided.
+    pub recovery_seconds: Vec<f64>,
+    pub broker_outages: u32,
+    /// Webhooks acknowledged while the broker was unreachable.
+    pub accepted_while_broker_down: u32,
+    pub elapsed: Duration,
+    /// Acknowledged (stream events and probes) but not in the log.
+    pub lost: usize,
+    pub logged_twice: usize,
+    pub unpublished: i64,
+    pub polarsim_verify: String,
+    pub polarsim_verify_passed: bool,
+    pub drift: String,
+    pub drift_passed: bool,
+}
+
+impl ChaosReport {
+    /// Every guarantee held, and every planned disruption happened.
+    pub fn passed(&self, plan: &ChaosPlan) -> bool {
+        self.sender_succeeded
+            && self.kills_ingest + self.kills_projector == plan.kills
+            && self.postgres_restarts == plan.postgres_restarts
+            && self.broker_outages == plan.broker_outages
+            && self.lost == 0
+            && self.logged_twice == 0
+            && self.unpublished == 0
+            && self.polarsim_verify_passed
+            && self.drift_passed
+    }
+
+    /// The figures RELIABILITY.md records, one per line.
+    pub fn print(&self) {
+        println!("  polarsim send: {}", self.send_summary);
+        println!(
+            "  kill -9 survived: {} (ingest {}, projector {}) in {:.0} s",
+            self.kills_ingest + self.kills_projector,
+            self.kills_ingest,
+            self.kills_projector,
+            self.elapsed.as_secs_f64()
+        );
+        println!(
+            "  Postgres crashed and restarted: {} (ingest answered 503 + Retry-After each time; back to 200 after {:?} s)",
+            self.postgres_restarts,
+            self.recovery_seconds
+                .iter()
+                .map(|s| (s * 10.0).round() / 10.0)
+                .collect::<Vec<_>>()
+        );
+        println!(
+            "  broker outages: {} ({} webhooks acknowledged while it was down)",
+            self.broker_outages, self.accepted_while_broker_down
+        );
+        println!(
+            "  log: lost {}, logged twice {}, unpublished {}",
+            self.lost, self.logged_twice, self.unpublished
+        );
+        println!("  polarsim verify: {}", self.polarsim_verify);
+        println!("  projector verify: {}", self.drift);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Disruption {
+    Kill,
+    PostgresRestart,
+    BrokerOutage,
+}
+
+/// Runs the plan. Errors are failures of the harness itself; what the run
+/// found about the services is in the report.
+pub async fn run(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
+    let dir = plan
+        .data_dir
+        .join(format!("polarsim-chaos-{}", plan.customers));
+    generate(&dir, 7, plan.customers, 60)?;
+    let events = read_events(&dir.join("events.jsonl"))?;
+    let postgres = PrivatePostgres::start()?;
+    let database = FreshDatabase::create(&postgres.server_url(), "hookstream_chaos").await?;
+    let broker = Broker::start(&plan.broker)?;
+
+    let ingest_port = free_port()?;
+    let projector_ports = [free_port()?, free_port()?];
+    let ingest_env: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", database.url.clone()),
+        ("KAFKA_BROKERS", broker.bootstrap_servers()),
+        ("KAFKA_TOPIC_PARTITIONS", PARTITIONS.to_string()),
+        ("POLAR_WEBHOOK_SECRET", SECRET.to_owned()),
+        ("INGEST_LISTEN", format!("127.0.0.1:{ingest_port}")),
+        ("RELAY_SWEEP_AFTER_MS", "1000".to_owned()),
+    ];
+    let projector_env = |port: u16| -> Vec<(&str, String)> {
+        vec![
+            ("DATABASE_URL", database.url.clone()),
+            ("KAFKA_BROKERS", broker.bootstrap_servers()),
+            ("PROJECTOR_API_TOKENS", TOKEN.to_owned()),
+            ("PROJECTOR_LISTEN", format!("127.0.0.1:{port}")),
+            ("PROJECTOR_SESSION_TIMEOUT_MS", "6000".to_owned()),
+        ]
+    };
+    let mut ingest = Some(Service::start("ingest", ingest_port, &ingest_env).await?);
+    let mut projectors = [None, None];
+    for (slot, port) in projectors.iter_mut().zip(projector_ports) {
+        *slot = Some(Service::start("projector", port, &projector_env(port)).await?);
+    }
+    let ingest_authority = format!("127.0.0.1:{ingest_port}");
+
+    let report_file = dir.join("send-report.json");
+    let mut sender = polarsim_command("send")?
+        .arg(dir.join("events.jsonl"))
+        .args([
+            "--url",
+            &format!("http://{ingest_authority}/webhooks/polar"),
+        ])
+        .args([
+            "--secret",
+            SECRET,
+            "--dup-rate",
+            "0.2",
+            "--reorder-window",
+            "50",
+        ])
+        .args(["--rate", &plan.rate.to_string(), "--concurrency", "32"])
+        // Polar's own attempt count, with a shorter base so a run ends in minutes.
+        .args([
+            "--retries",
+            "10",
+            "--retry-base-ms",
+            "300",
+            "--timeout",
+            "10",
+        ])
+        .arg("--report")
+        .arg(&report_file)
+        .arg("--quiet")
+        .stdout(Stdio::null())
+        .spawn()?;
+
+    let mut random = XorShift(plan.seed.max(1));
+    let schedule = shuffled_schedule(plan, &mut random);
+    let mut report = ChaosReport {
+        events: events.len(),
+        ..ChaosReport::default()
+    };
+    let mut probes = Probes::new(&ingest_authority);
+    let started = Instant::now();
+    for disruption in schedule {
+        if sender.try_wait()?.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(
+            random.next_u64() % (plan.max_pause.as_millis() as u64).max(1),
+        ))
+        .await;
+        match disruption {
+            Disruption::Kill => {
+                // Drop = SIGKILL: no graceful shutdown, no flush.
+                let victim = random.next_u64() % 3;
+                if victim == 0 {
+                    drop(ingest.take());
+                    report.kills_ingest += 1;
+                    ingest = Some(Service::start("ingest", ingest_port, &ingest_env).await?);
+                } else {
+                    let i = (victim - 1) as usize;
+                    drop(projectors[i].take());
+                    report.kills_projector += 1;
+                    let port = projector_ports[i];
+                    projectors[i] =
+                        Some(Service::start("projector", port, &projector_env(port)).await?);
+                }
+            }
+            Disruption::PostgresRestart => {
+                postgres.crash()?;
+                probes
+                    .expect_refusal_while_database_down()
+                    .await
+                    .context("while Postgres was down")?;
+                tokio::time::sleep(Duration::from_millis(1000 + random.next_u64() % 2000)).await;
+                postgres.resume()?;
+                let back = Instant::now();
+                probes
+                    .expect_acceptance(Duration::from_secs(60))
+                    .await
+                    .context("after Postgres came back")?;
+                report.recovery_seconds.push(back.elapsed().as_secs_f64());
+                report.postgres_restarts += 1;
+            }
+            Disruption::BrokerOutage => {
+                broker.set_reachable(false)?;
+                probes
+                    .expect_acceptance(Duration::from_secs(10))
+                    .await
+                    .context("while the broker was down")?;
+                report.accepted_while_broker_down += 1;
+                tokio::time::sleep(Duration::from_millis(2000 + random.next_u64() % 3000)).await;
+                broker.set_reachable(true)?;
+                report.broker_outages += 1;
+            }
+        }
+    }
+    let sent = tokio::task::spawn_blocking(move || sender.wait()).await??;
+    report.elapsed = started.elapsed();
+    report.sender_succeeded = sent.success();
+    report.send_summary = std::fs::read_to_string(&report_file)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+
+    let pool = sqlx::PgPool::connect(&database.url).await?;
+    report.unpublished = wait_until_published(&pool, Duration::from_secs(120)).await?;
+    let logged: Vec<String> = sqlx::query_scalar("select webhook_id from event_log")
+        .fetch_all(&pool)
+        .await?;
+    pool.close().await;
+    let logged_set: BTreeSet<&str> = logged.iter().map(String::as_str).collect();
+    report.lost = events
+        .iter()
+        .map(|e| e.webhook_id.as_str())
+        .chain(probes.acknowledged.iter().map(String::as_str))
+        .filter(|id| !logged_set.contains(id))
+        .count();
+    report.logged_twice = logged.len() - logged_set.len();
+
+    let api = format!("http://127.0.0.1:{}", projector_ports[0]);
+    let verdict = polarsim_command("verify")?
+        .arg(dir.join("expected.json"))
+        .args(["--api", &api, "--token", TOKEN, "--timeout", "120"])
+        .output()?;
+    report.polarsim_verify = String::from_utf8_lossy(&verdict.stdout)
+        .lines()
+        .find(|l| l.starts_with("verify:"))
+        .unwrap_or("(no summary)")
+        .to_owned();
+    report.polarsim_verify_passed = verdict.status.success();
+    let drift = Command::new(sibling_binary("projector")?)
+        .args(["verify", "--attempts", "5"])
+        .env("DATABASE_URL", &database.url)
+        .env("RUST_LOG", "warn")
+        .output()?;
+    report.drift = String::from_utf8_lossy(&drift.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_owned();
+    report.drift_passed = drift.status.success();
+
+    let _ = get(&api, "/healthz", None).await;
+    drop(ingest);
+    drop(projectors);
+    drop(broker);
+    Ok(report)
+}
+
+/// Every disruption of the plan once, in a random order.
+fn shuffled_schedule(plan: &ChaosPlan, random: &mut XorShift) -> Vec<Disruption> {
+    let mut schedule: Vec<Disruption> = std::iter::repeat_n(Disruption::Kill, plan.kills as usize)
+        .chain(std::iter::repeat_n(
+            Disruption::PostgresRestart,
+            plan.postgres_restarts as usize,
+        ))
+        .chain(std::iter::repeat_n(
+            Disruption::BrokerOutage,
+            plan.broker_outages as usize,
+        ))
+        .collect();
+    for i in (1..schedule.len()).rev() {
+        let j = (random.next_u64() % (i as u64 + 1)) as usize;
+        schedule.swap(i, j);
+    }
+    schedule
+}
+
+/// Waits for the outbox to empty; returns what is still unpublished.
+async fn wait_until_published(pool: &sqlx::PgPool, within: Duration) -> anyhow::Result<i64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let queued: i64 = sqlx::query_scalar("select count(*) from event_log_outbox")
+            .fetch_one(pool)
+            .await?;
+        if queued == 0 || Instant::now() > deadline {
+            return Ok(queued);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Webhooks of the run's own, beside polarsim's stream, that watch ingest's
+/// answers during an outage. Their type is one no projection uses.
+struct Probes {
+    authority: String,
+    secret: Secret,
+    sent: u64,
+    /// Ids of probes answered 200: they must be in the log at the end.
+    acknowledged: Vec<String>,
+}
+
+impl Probes {
+    fn new(authority: &str) -> Self {
+        Self {
+            authority: authority.to_owned(),
+            secret: Secret::new(SECRET),
+            sent: 0,
+            acknowledged: Vec::new(),
+        }
+    }
+
+    /// Posts one new signed probe: its status and `Retry-After`, or a
+    /// transport error.
+    async fn post(&mut self) -> anyhow::Result<(u16, Option<String>)> {
+        self.sent += 1;
+        let id = format!("chaos-probe-{}", self.sent);
+        let now = chrono::Utc::now();
+        let body = Bytes::from(format!(
+            r#"{{"type":"hookstream.probe","timestamp":"{}","data":{{"id":"{id}"}}}}"#,
+            now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        ));
+        let signature = signature_header(KeyRule::Polar, &self.secret, &id, now.timestamp(), &body);
+        let request = Request::post("/webhooks/polar")
+            .header("host", &self.authority)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", now.timestamp().to_string())
+            .header("webhook-signature", signature)
+            .body(Full::new(body))?;
+        let mut sender = connect(&self.authority).await?;
+        let response = tokio::time::timeout(Duration::from_secs(15), sender.send_request(request))
+            .await
+            .context("no answer within 15 s")??;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        response.into_body().collect().await?;
+        if status == 200 {
+            self.acknowledged.push(id);
+        }
+        Ok((status, retry_after))
+    }
+
+    /// With the database down, a new webhook must get 503 with `Retry-After`
+    /// (and `/readyz` 503), never a 200.
+    async fn expect_refusal_while_database_down(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.post().await {
+                Ok((503, Some(_))) => break,
+                Ok((status, retry_after)) => anyhow::bail!(
+                    "a webhook got {status} (Retry-After {retry_after:?}) with the database down"
+                ),
+                // Ingest itself may be restarting after a kill.
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "probe not answered yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (readiness, _) = get(&format!("http://{}", self.authority), "/readyz", None).await?;
+        anyhow::ensure!(
+            readiness == 503,
+            "/readyz answered {readiness} with the database down"
+        );
+        Ok(())
+    }
+
+    /// A new webhook gets 200 within `within` (503s and transport errors are
+    /// retried, as Polar would).
+    async fn expect_acceptance(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let answer = self.post().await;
+            match answer {
+                Ok((200, _)) => return Ok(()),
+                Ok((503, _)) | Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => anyhow::bail!("no 200 within {within:?}; last answer {other:?}"),
+            }
+        }
+    }
+}
+
+/// The broker the services talk to, and how to take it away for a while.
+enum Broker {
+    Mock(EmbeddedKafka),
+    /// A separate process; an outage freezes it (SIGSTOP), so clients see a
+    /// broker that stops answering, as across a network partition. Its
+    /// in-memory storage survives that, where a restart would wipe it.
+    Process {
+        child: Child,
+        bootstrap: String,
+    },
+}
+
+impl Broker {
+    fn start(choice: &BrokerChoice) -> anyhow::Result<Self> {
+        match choice {
+            BrokerChoice::Mock => {
+                let kafka = EmbeddedKafka::start(1)?;
+                kafka.create_topic(TOPIC, PARTITIONS)?;
+                Ok(Self::Mock(kafka))
+            }
+            BrokerChoice::Tansu { binary } => start_tansu(binary),
+        }
+    }
+
+    fn bootstrap_servers(&self) -> String {
+        match self {
+            Self::Mock(kafka) => kafka.bootstrap_servers().to_owned(),
+            Self::Process { bootstrap, .. } => bootstrap.clone(),
+        }
+    }
+
+    fn set_reachable(&self, reachable: bool) -> anyhow::Result<()> {
+        match self {
+            Self::Mock(kafka) => kafka.set_broker_up(1, reachable),
+            Self::Process { child, .. } => {
+                let signal = if reachable { "-CONT" } else { "-STOP" };
+                let status = Command::new("kill")
+                    .args([signal, &child.id().to_string()])
+                    .status()?;
+                anyhow::ensure!(status.success(), "kill {signal} failed");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Self::Process { child, .. } = self {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts tansu on a free port with in-memory storage and waits until it
+/// accepts connections.
+fn start_tansu(binary: &Path) -> anyhow::Result<Broker> {
+    let port = free_port()?;
+    let bootstrap = format!("127.0.0.1:{port}");
+    let child = Command::new(binary)
+        .args(["broker", "--storage-engine", "memory://tansu/"])
+        .args(["--listener-url", &format!("tcp://{bootstrap}")])
+        .args(["--advertised-listener-url", &format!("tcp://{bootstrap}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let broker = Broker::Process { child, bootstrap };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(broker.bootstrap_servers()).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "tansu did not start listening");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(broker)
+}
+
+/// A small deterministic generator, so a seed replays the same disruptions.
+#[derive(Debug)]
+struct XorShift(u64);
+
+impl XorShift {
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}

@@ -42,9 +42,13 @@ enum Command {
         /// Keep the previous generation (retired) instead of dropping it.
         #[arg(long)]
         keep_old: bool,
-        /// Events applied per transaction.
+        /// Events read from the source at a time.
         #[arg(long, default_value_t = hookstream_projector::rebuild::DEFAULT_CHUNK)]
         chunk: usize,
+        /// MiB of snapshots reduced in memory before they are written: more
+        /// means fewer writes of the same object.
+        #[arg(long, default_value_t = hookstream_projector::rebuild::DEFAULT_MEMORY_BUDGET >> 20)]
+        memory_mb: usize,
     },
     /// Rebuild from the log into a scratch generation and compare it with the
     /// live one; exits 1 on any difference.
@@ -80,7 +84,8 @@ async fn main() -> ExitCode {
             from,
             keep_old,
             chunk,
-        } => run_replay(&settings, from, keep_old, chunk).await,
+            memory_mb,
+        } => run_replay(&settings, from, keep_old, chunk, memory_mb << 20).await,
         Command::Verify { attempts } => run_verify(&settings, attempts).await,
     }
 }
@@ -104,7 +109,13 @@ async fn serve(settings: &Settings) -> ExitCode {
     report_failure(result, "projector failed")
 }
 
-async fn run_replay(settings: &Settings, from: From, keep_old: bool, chunk: usize) -> ExitCode {
+async fn run_replay(
+    settings: &Settings,
+    from: From,
+    keep_old: bool,
+    chunk: usize,
+    memory_budget: usize,
+) -> ExitCode {
     let setup = || -> Result<_, ConfigError> {
         let database = DatabaseSettings::from_settings(settings)?;
         let log = LogSettings::from_settings(settings)?;
@@ -133,6 +144,7 @@ async fn run_replay(settings: &Settings, from: From, keep_old: bool, chunk: usiz
         source,
         keep_old,
         chunk: chunk.max(1),
+        memory_budget,
     };
     let result = async {
         let pool = db::connect_and_migrate(&database, "hookstream-replay").await?;

@@ -118,7 +118,7 @@ pub struct ObjectChange<'a> {
     pub id: Cow<'a, str>,
     pub version: Version,
     /// The object's JSON exactly as it appeared in the event.
-    pub snapshot: &'a str,
+    pub snapshot: Cow<'a, str>,
     /// Values for [`Table::columns`], in that order.
     pub columns: Vec<Column<'a>>,
 }
@@ -131,7 +131,43 @@ pub struct StateChange<'a> {
     pub state_at: DateTime<Utc>,
     pub seq: i64,
     /// The whole CustomerState as sent.
-    pub snapshot: &'a str,
+    pub snapshot: Cow<'a, str>,
+}
+
+impl Column<'_> {
+    fn into_owned(self) -> Column<'static> {
+        match self {
+            Self::Text(text) => Column::Text(text.map(|t| Cow::Owned(t.into_owned()))),
+            Self::Time(time) => Column::Time(time),
+            Self::Bool(b) => Column::Bool(b),
+        }
+    }
+}
+
+impl ObjectChange<'_> {
+    /// The same change owning its text, to outlive the event's body (a
+    /// generation build keeps the newest version of every object in memory).
+    pub fn into_owned(self) -> ObjectChange<'static> {
+        ObjectChange {
+            table: self.table,
+            id: Cow::Owned(self.id.into_owned()),
+            version: self.version,
+            snapshot: Cow::Owned(self.snapshot.into_owned()),
+            columns: self.columns.into_iter().map(Column::into_owned).collect(),
+        }
+    }
+}
+
+impl StateChange<'_> {
+    /// As [`ObjectChange::into_owned`].
+    pub fn into_owned(self) -> StateChange<'static> {
+        StateChange {
+            customer_id: Cow::Owned(self.customer_id.into_owned()),
+            state_at: self.state_at,
+            seq: self.seq,
+            snapshot: Cow::Owned(self.snapshot.into_owned()),
+        }
+    }
 }
 
 /// Everything one event changes.
@@ -311,7 +347,7 @@ pub fn decode(event: &IncomingEvent) -> Result<Decoded<'_>, DecodeError> {
                 customer_id: c.id.clone(),
                 state_at: occurred,
                 seq,
-                snapshot: data.get(),
+                snapshot: Cow::Borrowed(data.get()),
             });
             // The state is the customer plus its lists; the customer part is a
             // customer snapshot like any other (the store strips the lists).
@@ -329,7 +365,7 @@ pub fn decode(event: &IncomingEvent) -> Result<Decoded<'_>, DecodeError> {
                 table: Table::Subscriptions,
                 id: s.id,
                 version: own(s.modified_at.unwrap_or(s.created_at)),
-                snapshot: data.get(),
+                snapshot: Cow::Borrowed(data.get()),
                 columns: vec![
                     Column::Text(Some(s.customer_id)),
                     Column::Text(s.product_id),
@@ -347,7 +383,7 @@ pub fn decode(event: &IncomingEvent) -> Result<Decoded<'_>, DecodeError> {
                 table: Table::BenefitGrants,
                 id: g.id,
                 version: own(g.modified_at.unwrap_or(g.created_at)),
-                snapshot: data.get(),
+                snapshot: Cow::Borrowed(data.get()),
                 columns: vec![
                     Column::Text(Some(g.customer_id)),
                     Column::Text(Some(g.benefit_id)),
@@ -366,7 +402,7 @@ pub fn decode(event: &IncomingEvent) -> Result<Decoded<'_>, DecodeError> {
                 table: Table::Orders,
                 id: o.id,
                 version: own(o.modified_at.unwrap_or(o.created_at)),
-                snapshot: data.get(),
+                snapshot: Cow::Borrowed(data.get()),
                 columns: vec![
                     Column::Text(o.customer_id),
                     Column::Text(o.subscription_id),
@@ -380,7 +416,7 @@ pub fn decode(event: &IncomingEvent) -> Result<Decoded<'_>, DecodeError> {
                 table: Table::Checkouts,
                 id: c.id,
                 version: own(c.modified_at.unwrap_or(c.created_at)),
-                snapshot: data.get(),
+                snapshot: Cow::Borrowed(data.get()),
                 columns: vec![
                     Column::Text(c.customer_id),
                     Column::Text(c.external_customer_id),
@@ -423,7 +459,7 @@ fn customer_change<'a>(
         table: Table::Customers,
         version: version(c.modified_at.unwrap_or(c.created_at)),
         id: c.id,
-        snapshot: raw.get(),
+        snapshot: Cow::Borrowed(raw.get()),
         columns: vec![
             Column::Text(c.external_id),
             Column::Text(c.email),
@@ -468,7 +504,7 @@ fn push_meta<'a>(
         table,
         version: version(meta.modified_at.unwrap_or(meta.created_at)),
         id: meta.id,
-        snapshot: raw.get(),
+        snapshot: Cow::Borrowed(raw.get()),
         columns: Vec::new(),
     });
     Ok(())

@@ -21,7 +21,7 @@ use sqlx::PgConnection;
 
 pub use decode::IncomingEvent;
 pub use generation::Generation;
-pub use store::{BatchOutcome, Effective};
+pub use store::{BatchOutcome, Effective, Reduction};
 
 /// Applies a batch inside the caller's transaction. If the database refuses
 /// the batch because of its data, each event is applied on its own (under a

@@ -1,9 +1,10 @@
 //! Writing a batch of events into a generation, in the caller's transaction.
 //!
-//! The batch is reduced in memory first: for each object only its newest
-//! version in the batch is written, so a burst of events about one object
-//! (created, active, updated) costs one row write. Each table then gets one
-//! multi-row upsert whose `where` clause keeps a row unless the incoming
+//! The batch is reduced in memory first ([`Reduction`]): for each object only
+//! its newest version in the batch is written, so a burst of events about one
+//! object (created, active, updated) costs one row write; a generation build
+//! reduces far more than a batch before it writes. Each table then gets
+//! multi-row upserts whose `where` clause keeps a row unless the incoming
 //! version is strictly newer. Rows are written in id order, so two projectors
 //! upserting overlapping rows take their locks in the same order and cannot
 //! deadlock. Finally the effective subscriptions and grants of every customer
@@ -60,105 +61,184 @@ pub async fn apply_batch(
     events: &[IncomingEvent],
     effective: Effective,
 ) -> sqlx::Result<BatchOutcome> {
-    let mut outcome = BatchOutcome::default();
-    let mut newest: HashMap<(Table, String), ObjectChange<'_>> = HashMap::new();
-    let mut states: HashMap<String, StateChange<'_>> = HashMap::new();
-    let mut failures: BTreeMap<i64, (&str, Option<String>, String)> = BTreeMap::new();
-
+    let mut reduction = Reduction::default();
     for event in events {
+        reduction.add(event, |change| change, |state| state);
+    }
+    reduction.write(tx, generation, effective).await
+}
+
+/// Largest number of rows one upsert statement carries: a statement's
+/// parameters travel in one protocol message, which Postgres caps at 1 GiB.
+const ROWS_PER_STATEMENT: usize = 5_000;
+
+/// Events reduced to what they leave behind: for each object its newest
+/// version, for each customer its newest state, and the events that failed.
+/// Writing a reduction gives the same rows as applying its events one by
+/// one, in any order, because each row keeps only a strictly newer version
+/// and the reduction picks the newest by the same [`Version`] order the
+/// upserts compare. Whether an event fails is decided by the event alone
+/// ([`decode`]), never by the others reduced with it.
+///
+/// `'a` borrows the events' bodies (a live batch); a generation build keeps a
+/// `Reduction<'static>` across many chunks, owning what it keeps.
+///
+/// [`Version`]: super::version::Version
+#[derive(Debug, Default)]
+pub struct Reduction<'a> {
+    objects: HashMap<(Table, String), ObjectChange<'a>>,
+    states: HashMap<String, StateChange<'a>>,
+    /// By seq: webhook id, event type (if known), reason.
+    failures: BTreeMap<i64, (String, Option<String>, String)>,
+    applied: BTreeMap<String, u64>,
+    ignored: BTreeMap<String, u64>,
+    /// Bytes of snapshots held, to bound an owning reduction's memory.
+    held_bytes: usize,
+}
+
+impl<'a> Reduction<'a> {
+    /// Decodes `event` and keeps what is newer than what the reduction holds.
+    /// `adopt` and `adopt_state` turn a kept change into one the reduction
+    /// can hold (the identity when it borrows, `into_owned` when it owns), so
+    /// only winners are ever copied.
+    pub fn add<'e>(
+        &mut self,
+        event: &'e IncomingEvent,
+        adopt: impl Fn(ObjectChange<'e>) -> ObjectChange<'a>,
+        adopt_state: impl Fn(StateChange<'e>) -> StateChange<'a>,
+    ) {
         match decode(event) {
             Ok(Decoded::Apply {
                 event_type,
                 changes,
             }) => {
-                *outcome.applied.entry(event_type.into_owned()).or_default() += 1;
+                *self.applied.entry(event_type.into_owned()).or_default() += 1;
                 for change in changes.objects {
-                    keep_newest_object(&mut newest, change);
+                    let key = (change.table, change.id.to_string());
+                    let newer = self
+                        .objects
+                        .get(&key)
+                        .is_none_or(|old| change.version > old.version);
+                    if newer {
+                        self.held_bytes += change.snapshot.len();
+                        if let Some(old) = self.objects.insert(key, adopt(change)) {
+                            self.held_bytes -= old.snapshot.len();
+                        }
+                    }
                 }
                 if let Some(state) = changes.state {
-                    keep_newest_state(&mut states, state);
+                    let newer = self
+                        .states
+                        .get(state.customer_id.as_ref())
+                        .is_none_or(|old| (state.state_at, state.seq) > (old.state_at, old.seq));
+                    if newer {
+                        self.held_bytes += state.snapshot.len();
+                        let customer_id = state.customer_id.to_string();
+                        if let Some(old) = self.states.insert(customer_id, adopt_state(state)) {
+                            self.held_bytes -= old.snapshot.len();
+                        }
+                    }
                 }
             }
             Ok(Decoded::Ignored { event_type }) => {
-                *outcome.ignored.entry(event_type.into_owned()).or_default() += 1;
+                *self.ignored.entry(event_type.into_owned()).or_default() += 1;
             }
             Err(e) => {
-                failures.insert(
+                self.failures.insert(
                     event.seq,
-                    (event.webhook_id.as_str(), e.event_type, e.reason),
+                    (event.webhook_id.clone(), e.event_type, e.reason),
                 );
             }
         }
     }
-    outcome.failed = failures.len() as u64;
 
-    // Customers whose effective subscriptions or grants may have changed...
-    let mut recompute: BTreeSet<String> = BTreeSet::new();
-    for ((table, _), change) in &newest {
-        if matches!(table, Table::Subscriptions | Table::BenefitGrants)
-            && let Some(Column::Text(Some(customer_id))) = change.columns.first()
-        {
-            recompute.insert(customer_id.to_string());
-        }
+    /// Bytes of snapshots the reduction holds.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
-    recompute.extend(states.keys().cloned());
-    // ...and, for caches, every customer the batch wrote anything about. A
-    // customer row alone does not change who holds what, so it is reported
-    // but not recomputed.
-    outcome.changed_customers = recompute.clone();
-    for ((table, id), change) in &newest {
-        if *table == Table::Customers {
-            outcome.changed_customers.insert(id.clone());
-            if let Some(Column::Text(Some(external_id))) = change.columns.first() {
-                outcome.changed_external_ids.insert(external_id.to_string());
+
+    /// Whether nothing has been added since the last write.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+            && self.states.is_empty()
+            && self.failures.is_empty()
+            && self.applied.is_empty()
+            && self.ignored.is_empty()
+    }
+
+    /// Writes what the reduction holds into `generation`, in the caller's
+    /// transaction, and empties it.
+    pub async fn write(
+        &mut self,
+        tx: &mut PgConnection,
+        generation: &Generation,
+        effective: Effective,
+    ) -> sqlx::Result<BatchOutcome> {
+        let Self {
+            objects,
+            states,
+            failures,
+            applied,
+            ignored,
+            held_bytes: _,
+        } = std::mem::take(self);
+        let mut outcome = BatchOutcome {
+            applied,
+            ignored,
+            failed: failures.len() as u64,
+            ..BatchOutcome::default()
+        };
+
+        // Customers whose effective subscriptions or grants may have changed...
+        let mut recompute: BTreeSet<String> = BTreeSet::new();
+        for ((table, _), change) in &objects {
+            if matches!(table, Table::Subscriptions | Table::BenefitGrants)
+                && let Some(Column::Text(Some(customer_id))) = change.columns.first()
+            {
+                recompute.insert(customer_id.to_string());
             }
         }
-    }
-
-    let mut by_table: BTreeMap<Table, Vec<ObjectChange<'_>>> = BTreeMap::new();
-    for ((table, _), change) in newest {
-        by_table.entry(table).or_default().push(change);
-    }
-    for table in Table::ALL {
-        if let Some(mut rows) = by_table.remove(&table) {
-            rows.sort_by(|a, b| a.id.cmp(&b.id));
-            upsert_objects(tx, generation, table, &rows).await?;
+        recompute.extend(states.keys().cloned());
+        // ...and, for caches, every customer the batch wrote anything about. A
+        // customer row alone does not change who holds what, so it is reported
+        // but not recomputed.
+        outcome.changed_customers = recompute.clone();
+        for ((table, id), change) in &objects {
+            if *table == Table::Customers {
+                outcome.changed_customers.insert(id.clone());
+                if let Some(Column::Text(Some(external_id))) = change.columns.first() {
+                    outcome.changed_external_ids.insert(external_id.to_string());
+                }
+            }
         }
-    }
-    if !states.is_empty() {
-        let mut rows: Vec<StateChange<'_>> = states.into_values().collect();
-        rows.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
-        upsert_states(tx, generation, &rows).await?;
-    }
-    if !recompute.is_empty() && effective == Effective::Recompute {
-        let customers: Vec<&str> = recompute.iter().map(String::as_str).collect();
-        recompute_effective(tx, generation, &customers).await?;
-    }
-    if !failures.is_empty() {
-        record_failures(tx, generation, &failures).await?;
-    }
-    Ok(outcome)
-}
 
-fn keep_newest_object<'a>(
-    newest: &mut HashMap<(Table, String), ObjectChange<'a>>,
-    change: ObjectChange<'a>,
-) {
-    let key = (change.table, change.id.to_string());
-    if newest
-        .get(&key)
-        .is_none_or(|old| change.version > old.version)
-    {
-        newest.insert(key, change);
-    }
-}
-
-fn keep_newest_state<'a>(states: &mut HashMap<String, StateChange<'a>>, state: StateChange<'a>) {
-    let newer = states
-        .get(state.customer_id.as_ref())
-        .is_none_or(|old| (state.state_at, state.seq) > (old.state_at, old.seq));
-    if newer {
-        states.insert(state.customer_id.to_string(), state);
+        let mut by_table: BTreeMap<Table, Vec<ObjectChange<'_>>> = BTreeMap::new();
+        for ((table, _), change) in objects {
+            by_table.entry(table).or_default().push(change);
+        }
+        for table in Table::ALL {
+            if let Some(mut rows) = by_table.remove(&table) {
+                rows.sort_by(|a, b| a.id.cmp(&b.id));
+                for slice in rows.chunks(ROWS_PER_STATEMENT) {
+                    upsert_objects(tx, generation, table, slice).await?;
+                }
+            }
+        }
+        if !states.is_empty() {
+            let mut rows: Vec<StateChange<'_>> = states.into_values().collect();
+            rows.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
+            for slice in rows.chunks(ROWS_PER_STATEMENT) {
+                upsert_states(tx, generation, slice).await?;
+            }
+        }
+        if !recompute.is_empty() && effective == Effective::Recompute {
+            let customers: Vec<&str> = recompute.iter().map(String::as_str).collect();
+            recompute_effective(tx, generation, &customers).await?;
+        }
+        if !failures.is_empty() {
+            record_failures(tx, generation, &failures).await?;
+        }
+        Ok(outcome)
     }
 }
 
@@ -219,7 +299,7 @@ async fn upsert_objects(
     let rank: Vec<i16> = rows.iter().map(|r| r.version.rank as i16).collect();
     let occurred: Vec<DateTime<Utc>> = rows.iter().map(|r| r.version.occurred).collect();
     let seq: Vec<i64> = rows.iter().map(|r| r.version.seq).collect();
-    let snapshots: Vec<&str> = rows.iter().map(|r| r.snapshot).collect();
+    let snapshots: Vec<&str> = rows.iter().map(|r| r.snapshot.as_ref()).collect();
     let mut query = sqlx::query(&sql)
         .bind(ids)
         .bind(at)
@@ -282,7 +362,11 @@ async fn upsert_states(
                 .collect::<Vec<DateTime<Utc>>>(),
         )
         .bind(rows.iter().map(|r| r.seq).collect::<Vec<i64>>())
-        .bind(rows.iter().map(|r| r.snapshot).collect::<Vec<&str>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.snapshot.as_ref())
+                .collect::<Vec<&str>>(),
+        )
         .execute(&mut *tx)
         .await?;
     Ok(())
@@ -328,7 +412,7 @@ pub async fn recompute_effective(
 async fn record_failures(
     tx: &mut PgConnection,
     generation: &Generation,
-    failures: &BTreeMap<i64, (&str, Option<String>, String)>,
+    failures: &BTreeMap<i64, (String, Option<String>, String)>,
 ) -> sqlx::Result<()> {
     let sql = format!(
         "insert into {} (seq, webhook_id, event_type, reason)
@@ -338,7 +422,12 @@ async fn record_failures(
     );
     sqlx::query(&sql)
         .bind(failures.keys().copied().collect::<Vec<i64>>())
-        .bind(failures.values().map(|(w, _, _)| *w).collect::<Vec<&str>>())
+        .bind(
+            failures
+                .values()
+                .map(|(w, _, _)| w.as_str())
+                .collect::<Vec<&str>>(),
+        )
         .bind(
             failures
                 .values()
@@ -367,7 +456,7 @@ pub async fn record_refusal(
     failures.insert(
         event.seq,
         (
-            event.webhook_id.as_str(),
+            event.webhook_id.clone(),
             None,
             format!("the database refused it: {}", reason.replace('\0', "")),
         ),

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use hookstream_shared::kafka::KafkaSettings;
 
-use super::StaleCustomers;
+use super::GenerationFill;
 use super::progress::ProgressReport;
 use super::replay::apply_counted;
 use crate::consumer::event_from_message;
@@ -179,7 +179,7 @@ impl KafkaReplay {
         pool: &PgPool,
         generation: &Generation,
         stop: &CancellationToken,
-        stale: &mut StaleCustomers,
+        fill: &mut GenerationFill,
         progress: &mut ProgressReport,
     ) -> anyhow::Result<u64> {
         let mut applied = 0;
@@ -188,7 +188,7 @@ impl KafkaReplay {
             if events.is_empty() {
                 break;
             }
-            stale.apply(pool, generation, &events).await?;
+            fill.apply(pool, generation, &events).await?;
             applied += events.len() as u64;
             progress.advance(events.len() as u64);
         }

@@ -20,9 +20,10 @@ use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use crate::projection::decode::{ObjectChange, StateChange};
 use crate::projection::from_log::LogCursor;
 use crate::projection::generation::{self, Generation};
-use crate::projection::{Effective, IncomingEvent, apply_with, store};
+use crate::projection::{Effective, IncomingEvent, Reduction, is_caused_by_data, store};
 use progress::ProgressReport;
 
 /// Session advisory lock held for a whole replay or verify.
@@ -87,47 +88,100 @@ pub async fn log_size(pool: &PgPool) -> sqlx::Result<u64> {
     Ok(u64::try_from(count).unwrap_or(0))
 }
 
-/// Customers whose effective subscriptions and grants a fill left stale:
-/// building applies chunks with [`Effective::Defer`] and recomputes each
-/// customer once at the end ([`StaleCustomers::recompute`]), not once per
-/// chunk it appears in.
-#[derive(Debug, Default)]
-pub struct StaleCustomers(BTreeSet<String>);
+/// Filling a generation that has no readers yet, which allows what a live
+/// generation cannot: events are reduced in memory across many chunks
+/// ([`Reduction`]) and written only when the reduction holds
+/// `memory_budget` bytes of snapshots, or at the end, so each object is
+/// written about once rather than once per chunk it appears in; and the
+/// effective subscriptions and grants are computed once per customer, at the
+/// end ([`GenerationFill::finish`]), not once per write.
+///
+/// Until `finish` returns, the generation is incomplete.
+#[derive(Debug)]
+pub struct GenerationFill {
+    reduction: Reduction<'static>,
+    memory_budget: usize,
+    /// Customers whose effective rows the writes so far left stale.
+    stale: BTreeSet<String>,
+}
+
+/// Snapshot bytes a fill holds before it writes, unless told otherwise.
+pub const DEFAULT_MEMORY_BUDGET: usize = 1 << 30;
 
 /// Customers recomputed per transaction.
 const RECOMPUTE_CHUNK: usize = 2000;
 
-impl StaleCustomers {
-    /// Applies a chunk into `generation` in its own transaction, deferring
-    /// the effective rows.
+impl GenerationFill {
+    pub fn new(memory_budget: usize) -> Self {
+        Self {
+            reduction: Reduction::default(),
+            memory_budget,
+            stale: BTreeSet::new(),
+        }
+    }
+
+    /// Adds a chunk of events; writes the reduction into `generation` (in a
+    /// transaction of its own) once it holds more than the memory budget.
     pub async fn apply(
         &mut self,
         pool: &PgPool,
         generation: &Generation,
         events: &[IncomingEvent],
     ) -> anyhow::Result<()> {
-        let mut tx = pool.begin().await?;
-        let outcome = apply_with(&mut tx, generation, events, Effective::Defer).await?;
-        tx.commit().await?;
-        self.0.extend(outcome.changed_customers);
+        for event in events {
+            self.reduction
+                .add(event, ObjectChange::into_owned, StateChange::into_owned);
+        }
+        if self.reduction.held_bytes() > self.memory_budget {
+            self.write(pool, generation).await?;
+        }
         Ok(())
     }
 
-    /// Brings every stale customer's effective rows up to date.
-    pub async fn recompute(
+    async fn write(&mut self, pool: &PgPool, generation: &Generation) -> anyhow::Result<()> {
+        if self.reduction.is_empty() {
+            return Ok(());
+        }
+        let mut tx = pool.begin().await?;
+        let outcome = self
+            .reduction
+            .write(&mut tx, generation, Effective::Defer)
+            .await
+            .map_err(|e| {
+                // The decoder refuses, per event, everything Postgres cannot
+                // store, so a refusal here is a decoder gap, not bad input.
+                let context = if is_caused_by_data(&e) {
+                    "the database refused a row the decoder accepted (a bug: please report it with the event)"
+                } else {
+                    "cannot write the reduced events"
+                };
+                anyhow::Error::new(e).context(context)
+            })?;
+        tx.commit().await?;
+        self.stale.extend(outcome.changed_customers);
+        Ok(())
+    }
+
+    /// Writes what is left, then brings every stale customer's effective rows
+    /// up to date.
+    pub async fn finish(
         &mut self,
         pool: &PgPool,
         generation: &Generation,
         progress: &ProgressReport,
     ) -> anyhow::Result<()> {
-        if self.0.is_empty() {
+        if !self.reduction.is_empty() {
+            progress.step("writing the newest version of every object");
+            self.write(pool, generation).await?;
+        }
+        if self.stale.is_empty() {
             return Ok(());
         }
         progress.step(&format!(
             "computing the effective subscriptions and grants of {} customers",
-            self.0.len()
+            self.stale.len()
         ));
-        let customers: Vec<String> = std::mem::take(&mut self.0).into_iter().collect();
+        let customers: Vec<String> = std::mem::take(&mut self.stale).into_iter().collect();
         for chunk in customers.chunks(RECOMPUTE_CHUNK) {
             let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
             let mut tx = pool.begin().await?;
@@ -138,10 +192,10 @@ impl StaleCustomers {
     }
 }
 
-/// Applies the log from `cursor` up to `up_to` into `generation`, one chunk
-/// per transaction, reading the next chunk while the current one is applied.
-/// Returns the events applied; stops between chunks when `stop` fires (the
-/// generation is then incomplete and must be dropped).
+/// Adds the log from `cursor` up to `up_to` to `fill`, a chunk at a time.
+/// The log is read by a task of its own, so Postgres reads the next chunks
+/// while this one is decoded. Returns the events added; stops between chunks
+/// when `stop` fires (the generation is then incomplete and must be dropped).
 #[allow(clippy::too_many_arguments)]
 pub async fn fill_from_log(
     pool: &PgPool,
@@ -150,21 +204,41 @@ pub async fn fill_from_log(
     up_to: i64,
     chunk: usize,
     stop: &CancellationToken,
-    stale: &mut StaleCustomers,
+    fill: &mut GenerationFill,
     progress: &mut ProgressReport,
 ) -> anyhow::Result<u64> {
+    // Two chunks in flight: enough to keep both sides busy, bounded memory.
+    let (chunks, mut received) = tokio::sync::mpsc::channel::<Vec<IncomingEvent>>(2);
+    let reader = tokio::spawn({
+        let pool = pool.clone();
+        let mut cursor = cursor.clone();
+        let stop = stop.clone();
+        async move {
+            let mut connection = pool.acquire().await?;
+            while !stop.is_cancelled() {
+                let events = cursor.next_chunk(&mut connection, up_to, chunk).await?;
+                if events.is_empty() || chunks.send(events).await.is_err() {
+                    break;
+                }
+            }
+            anyhow::Ok(cursor)
+        }
+    });
     let mut applied = 0u64;
-    let mut reader = pool.acquire().await?;
-    let mut current = cursor.next_chunk(&mut reader, up_to, chunk).await?;
-    while !current.is_empty() && !stop.is_cancelled() {
-        let (outcome, next) = tokio::join!(
-            stale.apply(pool, generation, &current),
-            cursor.next_chunk(&mut reader, up_to, chunk)
-        );
-        outcome?;
-        applied += current.len() as u64;
-        progress.advance(current.len() as u64);
-        current = next?;
+    while let Some(events) = received.recv().await {
+        if stop.is_cancelled() {
+            break;
+        }
+        fill.apply(pool, generation, &events).await?;
+        applied += events.len() as u64;
+        progress.advance(events.len() as u64);
+    }
+    // Stopped early, the reader may be ahead of what was added; the
+    // generation is dropped then, so its cursor is taken only when complete.
+    drop(received);
+    let reader_cursor = reader.await.context("the log reader panicked")??;
+    if !stop.is_cancelled() {
+        *cursor = reader_cursor;
     }
     Ok(applied)
 }

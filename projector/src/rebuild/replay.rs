@@ -23,7 +23,7 @@ use hookstream_shared::kafka::KafkaSettings;
 
 use super::from_kafka::KafkaReplay;
 use super::progress::ProgressReport;
-use super::{RebuildLock, StaleCustomers, drop_abandoned, fill_from_log, log_size};
+use super::{GenerationFill, RebuildLock, drop_abandoned, fill_from_log, log_size};
 use crate::changes;
 use crate::projection::from_log::{LogCursor, log_head};
 use crate::projection::generation::{self, Generation};
@@ -53,8 +53,11 @@ pub struct ReplayOptions {
     pub source: ReplaySource,
     /// Keep the previous generation (retired) instead of dropping it.
     pub keep_old: bool,
-    /// Events per transaction.
+    /// Events read from the source at a time.
     pub chunk: usize,
+    /// Snapshot bytes held in memory before they are written (see
+    /// [`GenerationFill`]).
+    pub memory_budget: usize,
 }
 
 /// What a finished replay did.
@@ -134,19 +137,19 @@ async fn build_and_switch(
         ReplaySource::Log => {
             let mut cursor = LogCursor::after(0);
             progress.set_total(log_size(pool).await?);
-            let mut stale = StaleCustomers::default();
+            let mut fill = GenerationFill::new(options.memory_budget);
             catch_up_from_log(
                 pool,
                 generation,
                 &mut cursor,
                 options.chunk,
                 stop,
-                &mut stale,
+                &mut fill,
                 progress,
             )
             .await?;
             anyhow::ensure!(!stop.is_cancelled(), "replay interrupted");
-            stale.recompute(pool, generation, progress).await?;
+            fill.finish(pool, generation, progress).await?;
             progress.step("writing the new generation to the write-ahead log");
             generation::make_durable(pool, generation).await?;
             progress.step("switching to the new generation");
@@ -168,11 +171,11 @@ async fn build_and_switch(
         }
         ReplaySource::Kafka { kafka, group } => {
             let mut source = KafkaReplay::start(kafka, options.chunk).await?;
-            let mut stale = StaleCustomers::default();
+            let mut fill = GenerationFill::new(options.memory_budget);
             progress.set_total(source.remaining());
             loop {
                 let applied = source
-                    .fill(pool, generation, stop, &mut stale, progress)
+                    .fill(pool, generation, stop, &mut fill, progress)
                     .await?;
                 anyhow::ensure!(!stop.is_cancelled(), "replay interrupted");
                 if applied < options.chunk as u64 {
@@ -181,7 +184,7 @@ async fn build_and_switch(
                 source.extend_to_high_watermarks().await?;
                 progress.set_total(progress.events() + source.remaining());
             }
-            stale.recompute(pool, generation, progress).await?;
+            fill.finish(pool, generation, progress).await?;
             progress.step("writing the new generation to the write-ahead log");
             generation::make_durable(pool, generation).await?;
             progress.step("switching to the new generation");
@@ -206,13 +209,13 @@ async fn catch_up_from_log(
     cursor: &mut LogCursor,
     chunk: usize,
     stop: &CancellationToken,
-    stale: &mut StaleCustomers,
+    fill: &mut GenerationFill,
     progress: &mut ProgressReport,
 ) -> anyhow::Result<()> {
     loop {
         let head = log_head(&mut *pool.acquire().await?).await?;
         let applied =
-            fill_from_log(pool, generation, cursor, head, chunk, stop, stale, progress).await?;
+            fill_from_log(pool, generation, cursor, head, chunk, stop, fill, progress).await?;
         if stop.is_cancelled() || applied < chunk as u64 {
             return Ok(());
         }

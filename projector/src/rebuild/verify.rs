@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::progress::ProgressReport;
 use super::replay::apply_counted;
-use super::{RebuildLock, StaleCustomers, drop_abandoned, fill_from_log, log_size};
+use super::{GenerationFill, RebuildLock, drop_abandoned, fill_from_log, log_size};
 use crate::projection::dump::{self, RowDifference};
 use crate::projection::from_log::{LogCursor, log_head};
 use crate::projection::generation::{self, Generation};
@@ -24,6 +24,8 @@ use crate::projection::generation::{self, Generation};
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
     pub chunk: usize,
+    /// As [`ReplayOptions::memory_budget`](super::replay::ReplayOptions::memory_budget).
+    pub memory_budget: usize,
     /// Comparisons to make before calling a difference drift.
     pub attempts: u32,
     /// Pause between attempts, for the live consumer to catch up.
@@ -34,6 +36,7 @@ impl Default for VerifyOptions {
     fn default() -> Self {
         Self {
             chunk: super::DEFAULT_CHUNK,
+            memory_budget: super::DEFAULT_MEMORY_BUDGET,
             attempts: 3,
             pause: Duration::from_secs(2),
         }
@@ -79,7 +82,7 @@ async fn build_and_compare(
     progress.set_total(log_size(pool).await?);
     let mut cursor = LogCursor::after(0);
     let head = log_head(&mut *pool.acquire().await?).await?;
-    let mut stale = StaleCustomers::default();
+    let mut fill = GenerationFill::new(options.memory_budget);
     fill_from_log(
         pool,
         scratch,
@@ -87,12 +90,12 @@ async fn build_and_compare(
         head,
         options.chunk,
         stop,
-        &mut stale,
+        &mut fill,
         progress,
     )
     .await?;
     anyhow::ensure!(!stop.is_cancelled(), "verify interrupted");
-    stale.recompute(pool, scratch, progress).await?;
+    fill.finish(pool, scratch, progress).await?;
 
     let mut persistent: Option<BTreeSet<(&'static str, String)>> = None;
     let attempts = options.attempts.max(1);

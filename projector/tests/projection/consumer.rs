@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use hookstream_projector::projection::{IncomingEvent, dump, generation};
+use hookstream_projector::rebuild::DEFAULT_MEMORY_BUDGET;
 use hookstream_projector::{Application, ProjectorConfig};
 use hookstream_shared::config::Settings;
 use hookstream_shared::envelope;
@@ -457,6 +458,7 @@ async fn a_replay_from_kafka_while_the_consumer_runs_switches_without_losing_an_
         },
         keep_old: false,
         chunk: 50,
+        memory_budget: DEFAULT_MEMORY_BUDGET,
     };
     let running = start(&pool, config).await;
     wait_consumed(&pool, &topic.name, first.len(), Duration::from_secs(60)).await;

@@ -869,7 +869,11 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     );
     let logging = Instant::now();
     log_stream(&pool, &events[..baseline_events]).await?;
-    let baseline = run_replay(&args.common, &database, &["--chunk", "1"])?;
+    let baseline = run_replay(
+        &args.common,
+        &database,
+        &["--chunk", "1", "--memory-mb", "0"],
+    )?;
     println!(
         "{:<40} {:>9.0} events/s  ({baseline_events} events)",
         "one event per transaction", baseline
@@ -880,14 +884,25 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         events.len(),
         logging.elapsed().as_secs_f64()
     );
-    let chunked = run_replay(&args.common, &database, &[])?;
+    let chunked = run_replay(&args.common, &database, &["--memory-mb", "0"])?;
     println!(
         "{:<40} {:>9.0} events/s  ({} events)",
-        "default chunks (10000 per transaction)",
+        "written per chunk of 10000 events",
         chunked,
         events.len()
     );
-    println!("chunked / one per transaction: x{:.1}", chunked / baseline);
+    let reduced = run_replay(&args.common, &database, &[])?;
+    println!(
+        "{:<40} {:>9.0} events/s  ({} events)",
+        "defaults (reduced in memory, 1 GiB)",
+        reduced,
+        events.len()
+    );
+    println!(
+        "per chunk / one per transaction: x{:.1}; defaults / per chunk: x{:.1}",
+        chunked / baseline,
+        reduced / chunked
+    );
     pool.close().await;
     if !args.common.keep_database {
         database.drop_now().await?;

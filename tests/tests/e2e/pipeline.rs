@@ -208,6 +208,7 @@ async fn a_polarsim_stream_with_duplicates_and_reordering_ends_in_the_true_state
         source: ReplaySource::Log,
         keep_old: true,
         chunk: 1000,
+        memory_budget: hookstream_projector::rebuild::DEFAULT_MEMORY_BUDGET,
     };
     let mut progress = ProgressReport::new(ProgressMode::Quiet, "e2e");
     let summary = replay(&pool, &options, &CancellationToken::new(), &mut progress)

@@ -118,8 +118,14 @@ impl Relay {
         settings: RelaySettings,
         metrics: IngestMetrics,
     ) -> anyhow::Result<(Self, FreshEvents)> {
-        let producer: FutureProducer = kafka
-            .client_config()?
+        let mut config = kafka.client_config()?;
+        // How long a message waits for others to share its produce request: a
+        // default only, so KAFKA_PROPERTY_LINGER_MS can trade latency for
+        // fewer requests.
+        if config.get("linger.ms").is_none() {
+            config.set("linger.ms", "5");
+        }
+        let producer: FutureProducer = config
             // Idempotence implies acks=all and keeps per-partition order across
             // librdkafka's own retries.
             .set("enable.idempotence", "true")
@@ -127,7 +133,6 @@ impl Relay {
                 "message.timeout.ms",
                 settings.message_timeout.as_millis().to_string(),
             )
-            .set("linger.ms", "5")
             .create()
             .context("cannot create the Kafka producer")?;
         let (sender, fresh) = mpsc::channel(FRESH_QUEUE_BATCHES);

@@ -40,8 +40,9 @@ pub struct ConsumerSettings {
     pub group_id: String,
     /// `PROJECTOR_BATCH_SIZE` (5000): most events applied in one transaction.
     pub batch_size: usize,
-    /// `PROJECTOR_BATCH_WAIT_MS` (10): how long a batch waits for more events
-    /// after its first; bounds the added latency.
+    /// `PROJECTOR_BATCH_WAIT_MS` (0): how long a batch waits for more events
+    /// after its first, beyond those already fetched; bounds the added
+    /// latency. At 0 a batch is what arrived while the last one was applied.
     pub batch_wait: Duration,
     /// `PROJECTOR_SESSION_TIMEOUT_MS` (10000): how soon the group notices a
     /// projector that died, and hands its partitions to the others.
@@ -110,7 +111,7 @@ impl ConsumerSettings {
         Ok(Self {
             group_id,
             batch_size: settings.positive_or("PROJECTOR_BATCH_SIZE", 5000)?,
-            batch_wait: settings.millis_or("PROJECTOR_BATCH_WAIT_MS", 10)?,
+            batch_wait: settings.millis_or("PROJECTOR_BATCH_WAIT_MS", 0)?,
             session_timeout,
         })
     }

@@ -366,17 +366,17 @@ impl ConsumeLoop {
         self.consumer.context()
     }
 
-    /// Polls until the batch is full or the wait since its first message is over.
+    /// Polls until the batch is full, or until the wait since its first
+    /// message is over and nothing more is already fetched. With a wait of
+    /// zero, a batch is whatever arrived while the previous one was applied:
+    /// small when traffic is light, full under a backlog.
     fn gather(&self) -> Vec<Pending> {
         let mut batch = Vec::new();
         let mut deadline: Option<Instant> = None;
         while batch.len() < self.settings.batch_size {
             let timeout = match deadline {
                 None => Duration::from_millis(100),
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) => left,
-                    None => break,
-                },
+                Some(d) => d.saturating_duration_since(Instant::now()),
             };
             match self.consumer.poll(timeout) {
                 Some(Ok(message)) => {
@@ -385,7 +385,7 @@ impl ConsumeLoop {
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
                 None if deadline.is_none() => return batch,
-                None => {}
+                None => break,
             }
         }
         batch

@@ -46,7 +46,7 @@ impl BatchOutcome {
 pub enum Effective {
     /// Now, in the batch's transaction: what readers of a live generation need.
     Recompute,
-    /// Later, by the caller ([`recompute_effective`] for every customer in
+    /// Later, by the caller ([`recompute_effective`] for the customers in
     /// `changed_customers`): a generation being built has no readers, and
     /// recomputing a customer once at the end beats once per chunk.
     Defer,
@@ -157,6 +157,11 @@ impl<'a> Reduction<'a> {
         self.held_bytes
     }
 
+    /// Objects and customer states the reduction holds.
+    pub fn held_rows(&self) -> usize {
+        self.objects.len() + self.states.len()
+    }
+
     /// Whether nothing has been added since the last write.
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()
@@ -233,7 +238,7 @@ impl<'a> Reduction<'a> {
         }
         if !recompute.is_empty() && effective == Effective::Recompute {
             let customers: Vec<&str> = recompute.iter().map(String::as_str).collect();
-            recompute_effective(tx, generation, &customers).await?;
+            recompute_effective(tx, generation, Whose::Customers(&customers)).await?;
         }
         if !failures.is_empty() {
             record_failures(tx, generation, &failures).await?;
@@ -372,12 +377,25 @@ async fn upsert_states(
     Ok(())
 }
 
-/// Rebuilds the materialised effective rows of `customers` from the views.
+/// Whose effective rows to recompute.
+#[derive(Debug, Clone, Copy)]
+pub enum Whose<'a> {
+    Customers(&'a [&'a str]),
+    /// Everyone: one set-based statement per table, what a generation build
+    /// wants at its end, when nearly every customer is stale.
+    Everyone,
+}
+
+/// Rebuilds the materialised effective rows of `whose` from the views.
 pub async fn recompute_effective(
     tx: &mut PgConnection,
     generation: &Generation,
-    customers: &[&str],
+    whose: Whose<'_>,
 ) -> sqlx::Result<()> {
+    let (filter, customers): (&str, &[&str]) = match whose {
+        Whose::Customers(customers) => ("where customer_id = any($1)", customers),
+        Whose::Everyone => ("", &[]),
+    };
     for (table, columns) in [
         (
             "effective_grants",
@@ -388,23 +406,22 @@ pub async fn recompute_effective(
             "customer_id, subscription_id, created_at, item",
         ),
     ] {
-        sqlx::query(&format!(
-            "delete from {} where customer_id = any($1)",
-            generation.qualify(table)
-        ))
-        .bind(customers)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(&format!(
+        let delete = format!("delete from {} {filter}", generation.qualify(table));
+        let insert = format!(
             "insert into {target} ({columns})
-             select {columns} from {view} where customer_id = any($1)
+             select {columns} from {view} {filter}
              on conflict do nothing",
             target = generation.qualify(table),
             view = generation.qualify(&format!("{table}_v")),
-        ))
-        .bind(customers)
-        .execute(&mut *tx)
-        .await?;
+        );
+        for statement in [delete, insert] {
+            let query = sqlx::query(&statement);
+            let query = match whose {
+                Whose::Customers(_) => query.bind(customers),
+                Whose::Everyone => query,
+            };
+            query.execute(&mut *tx).await?;
+        }
     }
     Ok(())
 }

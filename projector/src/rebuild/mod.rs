@@ -14,8 +14,6 @@ pub mod progress;
 pub mod replay;
 pub mod verify;
 
-use std::collections::BTreeSet;
-
 use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -23,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::projection::decode::{ObjectChange, StateChange};
 use crate::projection::from_log::LogCursor;
 use crate::projection::generation::{self, Generation};
-use crate::projection::{Effective, IncomingEvent, Reduction, is_caused_by_data, store};
+use crate::projection::store::{self, Whose};
+use crate::projection::{Effective, IncomingEvent, Reduction, is_caused_by_data};
 use progress::ProgressReport;
 
 /// Session advisory lock held for a whole replay or verify.
@@ -93,30 +92,25 @@ pub async fn log_size(pool: &PgPool) -> sqlx::Result<u64> {
 /// ([`Reduction`]) and written only when the reduction holds
 /// `memory_budget` bytes of snapshots, or at the end, so each object is
 /// written about once rather than once per chunk it appears in; and the
-/// effective subscriptions and grants are computed once per customer, at the
-/// end ([`GenerationFill::finish`]), not once per write.
+/// effective subscriptions and grants are computed once, for everyone, at
+/// the end ([`GenerationFill::finish`]), not per customer per write.
 ///
-/// Until `finish` returns, the generation is incomplete.
+/// The fill must be the generation's only writer until `finish` returns;
+/// until then the generation is incomplete.
 #[derive(Debug)]
 pub struct GenerationFill {
     reduction: Reduction<'static>,
     memory_budget: usize,
-    /// Customers whose effective rows the writes so far left stale.
-    stale: BTreeSet<String>,
 }
 
 /// Snapshot bytes a fill holds before it writes, unless told otherwise.
 pub const DEFAULT_MEMORY_BUDGET: usize = 1 << 30;
-
-/// Customers recomputed per transaction.
-const RECOMPUTE_CHUNK: usize = 2000;
 
 impl GenerationFill {
     pub fn new(memory_budget: usize) -> Self {
         Self {
             reduction: Reduction::default(),
             memory_budget,
-            stale: BTreeSet::new(),
         }
     }
 
@@ -133,6 +127,11 @@ impl GenerationFill {
                 .add(event, ObjectChange::into_owned, StateChange::into_owned);
         }
         if self.reduction.held_bytes() > self.memory_budget {
+            tracing::debug!(
+                rows = self.reduction.held_rows(),
+                snapshot_bytes = self.reduction.held_bytes(),
+                "memory budget reached; writing what the fill holds"
+            );
             self.write(pool, generation).await?;
         }
         Ok(())
@@ -143,8 +142,7 @@ impl GenerationFill {
             return Ok(());
         }
         let mut tx = pool.begin().await?;
-        let outcome = self
-            .reduction
+        self.reduction
             .write(&mut tx, generation, Effective::Defer)
             .await
             .map_err(|e| {
@@ -158,12 +156,13 @@ impl GenerationFill {
                 anyhow::Error::new(e).context(context)
             })?;
         tx.commit().await?;
-        self.stale.extend(outcome.changed_customers);
         Ok(())
     }
 
-    /// Writes what is left, then brings every stale customer's effective rows
-    /// up to date.
+    /// Writes what is left, then computes every customer's effective rows:
+    /// the fill wrote everything the generation holds, so everyone with a
+    /// subscription, grant or state is stale, and one set-based pass beats
+    /// looking each of them up.
     pub async fn finish(
         &mut self,
         pool: &PgPool,
@@ -171,23 +170,17 @@ impl GenerationFill {
         progress: &ProgressReport,
     ) -> anyhow::Result<()> {
         if !self.reduction.is_empty() {
-            progress.step("writing the newest version of every object");
+            progress.step(&format!(
+                "writing the newest version of every object: {} rows, {} MiB of snapshots",
+                self.reduction.held_rows(),
+                self.reduction.held_bytes() >> 20
+            ));
             self.write(pool, generation).await?;
         }
-        if self.stale.is_empty() {
-            return Ok(());
-        }
-        progress.step(&format!(
-            "computing the effective subscriptions and grants of {} customers",
-            self.stale.len()
-        ));
-        let customers: Vec<String> = std::mem::take(&mut self.stale).into_iter().collect();
-        for chunk in customers.chunks(RECOMPUTE_CHUNK) {
-            let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            let mut tx = pool.begin().await?;
-            store::recompute_effective(&mut tx, generation, &ids).await?;
-            tx.commit().await?;
-        }
+        progress.step("computing every customer's effective subscriptions and grants");
+        let mut tx = pool.begin().await?;
+        store::recompute_effective(&mut tx, generation, Whose::Everyone).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

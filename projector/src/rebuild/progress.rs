@@ -83,11 +83,13 @@ impl ProgressReport {
         }
     }
 
-    /// Shows a step that is not counted in events (switching, comparing).
+    /// Shows a step that is not counted in events (switching, comparing),
+    /// after the time since the start, so the output shows where time went.
     pub fn step(&self, text: &str) {
+        let line = format!("{:>6.1} s  {text}", self.started.elapsed().as_secs_f64());
         match self.mode {
-            ProgressMode::Bar => self.bar.println(text),
-            ProgressMode::Lines { .. } => eprintln!("{text}"),
+            ProgressMode::Bar => self.bar.println(line),
+            ProgressMode::Lines { .. } => eprintln!("{line}"),
             ProgressMode::Quiet => {}
         }
     }

@@ -5,7 +5,7 @@
 //! latency, not as fewer samples).
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +18,8 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use sqlx::{Connection, PgConnection};
 use tokio::net::TcpStream;
+
+use hookstream_shared::kafka::EmbeddedKafka;
 
 /// A database created empty for one run and dropped afterwards.
 #[derive(Debug)]
@@ -400,4 +402,105 @@ pub async fn consumed(database_url: &str) -> anyhow::Result<i64> {
             .await
             .unwrap_or(None);
     Ok(n.unwrap_or(0))
+}
+
+/// Which broker a run uses.
+#[derive(Debug, Clone)]
+pub enum BrokerChoice {
+    /// librdkafka's mock cluster, in this process.
+    Mock,
+    /// A `tansu` binary, started as its own process with in-memory storage.
+    Tansu { binary: PathBuf },
+}
+
+/// The broker the services talk to, and how to take it away for a while.
+#[derive(Debug)]
+pub enum Broker {
+    Mock(EmbeddedKafka),
+    /// A separate process; an outage freezes it (SIGSTOP), so clients see a
+    /// broker that stops answering, as across a network partition. Its
+    /// in-memory storage survives that, where a restart would wipe it.
+    Process {
+        child: Child,
+        bootstrap: String,
+    },
+}
+
+impl Broker {
+    pub fn start(choice: &BrokerChoice) -> anyhow::Result<Self> {
+        match choice {
+            BrokerChoice::Mock => Ok(Self::Mock(EmbeddedKafka::start(1)?)),
+            BrokerChoice::Tansu { binary } => start_tansu(binary),
+        }
+    }
+
+    /// Creates `topic` with `partitions`, as an operator would before
+    /// starting the services.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
+        match self {
+            Self::Mock(kafka) => kafka.create_topic(topic, partitions),
+            Self::Process { bootstrap, .. } => {
+                let mut settings =
+                    hookstream_shared::kafka::KafkaSettings::for_brokers(bootstrap, topic);
+                settings.partitions = partitions;
+                hookstream_shared::kafka::ensure_topic(&settings).await
+            }
+        }
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        match self {
+            Self::Mock(kafka) => kafka.bootstrap_servers().to_owned(),
+            Self::Process { bootstrap, .. } => bootstrap.clone(),
+        }
+    }
+
+    /// Takes the broker away (`false`) or brings it back.
+    pub fn set_reachable(&self, reachable: bool) -> anyhow::Result<()> {
+        match self {
+            Self::Mock(kafka) => kafka.set_broker_up(1, reachable),
+            Self::Process { child, .. } => {
+                let signal = if reachable { "-CONT" } else { "-STOP" };
+                let status = Command::new("kill")
+                    .args([signal, &child.id().to_string()])
+                    .status()?;
+                anyhow::ensure!(status.success(), "kill {signal} failed");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Self::Process { child, .. } = self {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts tansu on a free port with in-memory storage and waits until it
+/// accepts connections.
+fn start_tansu(binary: &Path) -> anyhow::Result<Broker> {
+    let port = free_port()?;
+    let bootstrap = format!("127.0.0.1:{port}");
+    let child = Command::new(binary)
+        .args(["broker", "--storage-engine", "memory://tansu/"])
+        .args(["--listener-url", &format!("tcp://{bootstrap}")])
+        .args(["--advertised-listener-url", &format!("tcp://{bootstrap}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let broker = Broker::Process { child, bootstrap };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(broker.bootstrap_servers()).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "tansu did not start listening");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(broker)
 }

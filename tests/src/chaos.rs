@@ -13,8 +13,8 @@
 //! every crash) or a separate Kafka-compatible broker process ([`Broker`]).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -24,9 +24,9 @@ use hyper::Request;
 
 use hookstream_ingest::signature::{KeyRule, signature_header};
 use hookstream_shared::config::Secret;
-use hookstream_shared::kafka::EmbeddedKafka;
 
-use crate::bench::{FreshDatabase, Service, connect, free_port, get, sibling_binary};
+pub use crate::bench::BrokerChoice;
+use crate::bench::{Broker, FreshDatabase, Service, connect, free_port, get, sibling_binary};
 use crate::postgres::PrivatePostgres;
 use crate::{generate, polarsim_command, read_events};
 
@@ -34,15 +34,6 @@ const SECRET: &str = "polar_whs_chaos_run_secret_0123456789abcdef";
 const TOKEN: &str = "chaos-token-0123456789";
 const TOPIC: &str = "polar.events";
 const PARTITIONS: i32 = 6;
-
-/// Which broker the run uses.
-#[derive(Debug, Clone)]
-pub enum BrokerChoice {
-    /// librdkafka's mock cluster, in this process.
-    Mock,
-    /// A `tansu` binary, started as its own process with in-memory storage.
-    Tansu { binary: PathBuf },
-}
 
 /// What to inflict, and on how big a stream.
 #[derive(Debug, Clone)]
@@ -154,6 +145,7 @@ pub async fn run(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
     let postgres = PrivatePostgres::start()?;
     let database = FreshDatabase::create(&postgres.server_url(), "hookstream_chaos").await?;
     let broker = Broker::start(&plan.broker)?;
+    broker.create_topic(TOPIC, PARTITIONS).await?;
 
     let ingest_port = free_port()?;
     let projector_ports = [free_port()?, free_port()?];
@@ -456,86 +448,6 @@ impl Probes {
             }
         }
     }
-}
-
-/// The broker the services talk to, and how to take it away for a while.
-enum Broker {
-    Mock(EmbeddedKafka),
-    /// A separate process; an outage freezes it (SIGSTOP), so clients see a
-    /// broker that stops answering, as across a network partition. Its
-    /// in-memory storage survives that, where a restart would wipe it.
-    Process {
-        child: Child,
-        bootstrap: String,
-    },
-}
-
-impl Broker {
-    fn start(choice: &BrokerChoice) -> anyhow::Result<Self> {
-        match choice {
-            BrokerChoice::Mock => {
-                let kafka = EmbeddedKafka::start(1)?;
-                kafka.create_topic(TOPIC, PARTITIONS)?;
-                Ok(Self::Mock(kafka))
-            }
-            BrokerChoice::Tansu { binary } => start_tansu(binary),
-        }
-    }
-
-    fn bootstrap_servers(&self) -> String {
-        match self {
-            Self::Mock(kafka) => kafka.bootstrap_servers().to_owned(),
-            Self::Process { bootstrap, .. } => bootstrap.clone(),
-        }
-    }
-
-    fn set_reachable(&self, reachable: bool) -> anyhow::Result<()> {
-        match self {
-            Self::Mock(kafka) => kafka.set_broker_up(1, reachable),
-            Self::Process { child, .. } => {
-                let signal = if reachable { "-CONT" } else { "-STOP" };
-                let status = Command::new("kill")
-                    .args([signal, &child.id().to_string()])
-                    .status()?;
-                anyhow::ensure!(status.success(), "kill {signal} failed");
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Self::Process { child, .. } = self {
-            let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
-                .status();
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Starts tansu on a free port with in-memory storage and waits until it
-/// accepts connections.
-fn start_tansu(binary: &Path) -> anyhow::Result<Broker> {
-    let port = free_port()?;
-    let bootstrap = format!("127.0.0.1:{port}");
-    let child = Command::new(binary)
-        .args(["broker", "--storage-engine", "memory://tansu/"])
-        .args(["--listener-url", &format!("tcp://{bootstrap}")])
-        .args(["--advertised-listener-url", &format!("tcp://{bootstrap}")])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
-    let broker = Broker::Process { child, bootstrap };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(broker.bootstrap_servers()).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "tansu did not start listening");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(broker)
 }
 
 /// A small deterministic generator, so a seed replays the same disruptions.

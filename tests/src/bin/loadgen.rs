@@ -24,8 +24,10 @@ use hyper::Request;
 use hookstream_ingest::signature::{KeyRule, signature_header};
 use hookstream_shared::config::Secret;
 use hookstream_shared::kafka::EmbeddedKafka;
-use hookstream_tests::bench::{FreshDatabase, Measured, Pace, Service, drive, free_port};
-use hookstream_tests::chaos::{BrokerChoice, ChaosPlan};
+use hookstream_tests::bench::{
+    Broker, BrokerChoice, FreshDatabase, Measured, Pace, Service, drive, free_port,
+};
+use hookstream_tests::chaos::ChaosPlan;
 use hookstream_tests::{SimEvent, generate, read_events};
 
 // mimalloc: the service allocates per request and per batch from several
@@ -119,6 +121,10 @@ struct ProjectorArgs {
     /// which bounds the backlog.
     #[arg(long, default_value_t = 48)]
     partitions: i32,
+    /// Drain from this `tansu` binary (in-memory storage, the whole stream)
+    /// instead of librdkafka's mock cluster (which holds 5 MB per partition).
+    #[arg(long)]
+    tansu: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -441,14 +447,14 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 async fn start_projector(
     common: &Common,
     database: &FreshDatabase,
-    kafka: &EmbeddedKafka,
+    bootstrap_servers: &str,
     topic: &str,
     extra: &[(&str, &str)],
 ) -> anyhow::Result<Service> {
     let port = free_port()?;
     let mut env: Vec<(&str, String)> = vec![
         ("DATABASE_URL", database.url.clone()),
-        ("KAFKA_BROKERS", kafka.bootstrap_servers().to_owned()),
+        ("KAFKA_BROKERS", bootstrap_servers.to_owned()),
         ("KAFKA_TOPIC", topic.to_owned()),
         ("PROJECTOR_API_TOKENS", TOKEN.to_owned()),
         ("PROJECTOR_LISTEN", format!("127.0.0.1:{port}")),
@@ -499,35 +505,48 @@ async fn drain(
 
 async fn projector(args: ProjectorArgs) -> anyhow::Result<()> {
     let mut events = stream(&args.common, args.events.clone(), 2, 45_000)?;
-    // librdkafka's mock broker keeps at most 5 MB per partition and drops
-    // older messages: the backlog is cut to what it can hold, with margin.
-    let capacity = args.partitions as usize * 4 * 1024 * 1024;
-    let mut bytes = 0;
-    let fits = events
-        .iter()
-        .take_while(|e| {
-            bytes += e.body.len() + 200;
-            bytes <= capacity
-        })
-        .count();
-    events.truncate(fits);
+    let choice = match &args.tansu {
+        Some(binary) => BrokerChoice::Tansu {
+            binary: binary.clone(),
+        },
+        None => {
+            // librdkafka's mock broker keeps at most 5 MB per partition and
+            // drops older messages: the backlog is cut to what it can hold,
+            // with margin.
+            let capacity = args.partitions as usize * 4 * 1024 * 1024;
+            let mut bytes = 0;
+            let fits = events
+                .iter()
+                .take_while(|e| {
+                    bytes += e.body.len() + 200;
+                    bytes <= capacity
+                })
+                .count();
+            events.truncate(fits);
+            BrokerChoice::Mock
+        }
+    };
     println!(
-        "projector: draining a backlog of {} polarsim events from a {}-partition topic (all the mock broker holds)",
+        "projector: draining a backlog of {} polarsim events from a {}-partition topic on {}",
         events.len(),
-        args.partitions
+        args.partitions,
+        match &choice {
+            BrokerChoice::Mock => "the mock broker (all it holds)".to_owned(),
+            BrokerChoice::Tansu { binary } => binary.display().to_string(),
+        }
     );
-    let kafka = EmbeddedKafka::start(1)?;
+    let broker = Broker::start(&choice)?;
+    let bootstrap = broker.bootstrap_servers();
 
     // Baseline: the same projector applying one event per transaction.
     let baseline_events = &events[..args.baseline_events.min(events.len())];
-    kafka.create_topic("baseline", args.partitions)?;
-    hookstream_tests::bench::publish_stream(kafka.bootstrap_servers(), "baseline", baseline_events)
-        .await?;
+    broker.create_topic("baseline", args.partitions).await?;
+    hookstream_tests::bench::publish_stream(&bootstrap, "baseline", baseline_events).await?;
     let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
     let service = start_projector(
         &args.common,
         &database,
-        &kafka,
+        &bootstrap,
         "baseline",
         &[("PROJECTOR_BATCH_SIZE", "1")],
     )
@@ -544,16 +563,16 @@ async fn projector(args: ProjectorArgs) -> anyhow::Result<()> {
     service.stop()?;
     database.drop_now().await?;
 
-    kafka.create_topic("backlog", args.partitions)?;
+    broker.create_topic("backlog", args.partitions).await?;
     let published = Instant::now();
-    hookstream_tests::bench::publish_stream(kafka.bootstrap_servers(), "backlog", &events).await?;
+    hookstream_tests::bench::publish_stream(&bootstrap, "backlog", &events).await?;
     eprintln!(
         "  published {} events in {:.1} s",
         events.len(),
         published.elapsed().as_secs_f64()
     );
     let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
-    let service = start_projector(&args.common, &database, &kafka, "backlog", &[]).await?;
+    let service = start_projector(&args.common, &database, &bootstrap, "backlog", &[]).await?;
     let (total, applying) = drain(&database, events.len(), "batched").await?;
     let rate = events.len() as f64 / applying.as_secs_f64();
     println!(
@@ -614,7 +633,14 @@ async fn entitlements(args: EntitlementsArgs) -> anyhow::Result<()> {
     hookstream_tests::bench::publish_stream(kafka.bootstrap_servers(), "polar.events", &events)
         .await?;
     let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
-    let service = start_projector(&args.common, &database, &kafka, "polar.events", &[]).await?;
+    let service = start_projector(
+        &args.common,
+        &database,
+        kafka.bootstrap_servers(),
+        "polar.events",
+        &[],
+    )
+    .await?;
     drain(&database, events.len(), "projecting").await?;
     println!(
         "entitlements: {} customers projected from {} events; {} questions, {} connections, {} s per run",
@@ -687,7 +713,14 @@ async fn end_to_end(args: EndToEndArgs) -> anyhow::Result<()> {
     let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
     let kafka = EmbeddedKafka::start(1)?;
     kafka.create_topic("polar.events", 6)?;
-    let projector = start_projector(&args.common, &database, &kafka, "polar.events", &[]).await?;
+    let projector = start_projector(
+        &args.common,
+        &database,
+        kafka.bootstrap_servers(),
+        "polar.events",
+        &[],
+    )
+    .await?;
     let port = free_port()?;
     let mut env: Vec<(&str, String)> = vec![
         ("DATABASE_URL", database.url.clone()),

@@ -460,11 +460,12 @@ async fn start_projector(
         ("PROJECTOR_LISTEN", format!("127.0.0.1:{port}")),
         ("DATABASE_MAX_CONNECTIONS", "32".to_owned()),
     ];
-    for (k, v) in extra {
-        env.push((k, (*v).to_owned()));
-    }
+    // The run's own settings (a baseline's batch size of 1) win over --env.
     for (k, v) in &common.extra_env {
         env.push((k.as_str(), v.clone()));
+    }
+    for (k, v) in extra {
+        env.push((k, (*v).to_owned()));
     }
     Service::start("projector", port, &env).await
 }

@@ -45,8 +45,9 @@ enum Command {
         /// Events read from the source at a time.
         #[arg(long, default_value_t = hookstream_projector::rebuild::DEFAULT_CHUNK)]
         chunk: usize,
-        /// MiB of snapshots reduced in memory before they are written: more
-        /// means fewer writes of the same object.
+        /// MiB of snapshots held in memory at most: half is written in the
+        /// background while the other half fills. More means fewer writes
+        /// of the same object, and more memory.
         #[arg(long, default_value_t = hookstream_projector::rebuild::DEFAULT_MEMORY_BUDGET >> 20)]
         memory_mb: usize,
     },

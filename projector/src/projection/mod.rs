@@ -21,7 +21,7 @@ use sqlx::PgConnection;
 
 pub use decode::IncomingEvent;
 pub use generation::Generation;
-pub use store::{BatchOutcome, Effective, Reduction};
+pub use store::{BatchOutcome, Reduction};
 
 /// Applies a batch inside the caller's transaction. If the database refuses
 /// the batch because of its data, each event is applied on its own (under a
@@ -32,20 +32,10 @@ pub async fn apply(
     generation: &Generation,
     events: &[IncomingEvent],
 ) -> sqlx::Result<BatchOutcome> {
-    apply_with(tx, generation, events, Effective::Recompute).await
-}
-
-/// As [`apply`], choosing when effective rows are recomputed.
-pub async fn apply_with(
-    tx: &mut PgConnection,
-    generation: &Generation,
-    events: &[IncomingEvent],
-    effective: Effective,
-) -> sqlx::Result<BatchOutcome> {
     sqlx::query("savepoint apply_batch")
         .execute(&mut *tx)
         .await?;
-    match store::apply_batch(tx, generation, events, effective).await {
+    match store::apply_batch(tx, generation, events).await {
         Ok(outcome) => {
             sqlx::query("release savepoint apply_batch")
                 .execute(&mut *tx)
@@ -60,9 +50,7 @@ pub async fn apply_with(
             let mut total = BatchOutcome::default();
             for event in events {
                 sqlx::query("savepoint apply_one").execute(&mut *tx).await?;
-                match store::apply_batch(tx, generation, std::slice::from_ref(event), effective)
-                    .await
-                {
+                match store::apply_batch(tx, generation, std::slice::from_ref(event)).await {
                     Ok(outcome) => {
                         sqlx::query("release savepoint apply_one")
                             .execute(&mut *tx)

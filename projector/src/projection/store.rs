@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use super::decode::{Column, Decoded, IncomingEvent, ObjectChange, StateChange, Table, decode};
 use super::generation::Generation;
@@ -40,18 +40,6 @@ impl BatchOutcome {
     }
 }
 
-/// Whether a batch brings the effective subscriptions and grants of the
-/// customers it touched up to date.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Effective {
-    /// Now, in the batch's transaction: what readers of a live generation need.
-    Recompute,
-    /// Later, by the caller ([`recompute_effective`] for the customers in
-    /// `changed_customers`): a generation being built has no readers, and
-    /// recomputing a customer once at the end beats once per chunk.
-    Defer,
-}
-
 /// Applies `events` to `generation`. Runs inside the caller's transaction;
 /// errors are database errors (the caller rolls back and retries). Events that
 /// cannot be decoded are recorded as failures, not errors.
@@ -59,13 +47,12 @@ pub async fn apply_batch(
     tx: &mut PgConnection,
     generation: &Generation,
     events: &[IncomingEvent],
-    effective: Effective,
 ) -> sqlx::Result<BatchOutcome> {
     let mut reduction = Reduction::default();
     for event in events {
         reduction.add(event, |change| change, |state| state);
     }
-    reduction.write(tx, generation, effective).await
+    reduction.write(tx, generation).await
 }
 
 /// Largest number of rows one upsert statement carries: a statement's
@@ -172,13 +159,55 @@ impl<'a> Reduction<'a> {
     }
 
     /// Writes what the reduction holds into `generation`, in the caller's
-    /// transaction, and empties it.
+    /// transaction, brings the effective subscriptions and grants of the
+    /// customers it touched up to date (what readers of a live generation
+    /// need), and empties it.
     pub async fn write(
         &mut self,
         tx: &mut PgConnection,
         generation: &Generation,
-        effective: Effective,
     ) -> sqlx::Result<BatchOutcome> {
+        let (outcome, recompute, rows) = self.take();
+        for statement in rows.statements() {
+            statement.run(tx, generation).await?;
+        }
+        if !recompute.is_empty() {
+            let customers: Vec<&str> = recompute.iter().map(String::as_str).collect();
+            recompute_effective(tx, generation, Whose::Customers(&customers)).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Writes what the reduction holds into a generation that has no
+    /// readers yet, on up to `connections` of `pool`'s connections at once,
+    /// each statement committing by itself, and empties it. Statements touch
+    /// disjoint rows (one per object), so they cannot conflict; effective
+    /// rows are left to the caller ([`recompute_effective`], once at the
+    /// end). If one fails, the generation is incomplete and must be dropped.
+    pub async fn write_concurrently(
+        &mut self,
+        pool: &PgPool,
+        generation: &Generation,
+        connections: usize,
+    ) -> sqlx::Result<BatchOutcome> {
+        let (outcome, _, rows) = self.take();
+        // Each worker takes the next statement until none is left.
+        let queue = std::sync::Mutex::new(rows.statements().into_iter());
+        let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+        let worker = |_: usize| async {
+            let mut connection = pool.acquire().await?;
+            while let Some(statement) = next() {
+                statement.run(&mut connection, generation).await?;
+            }
+            Ok::<(), sqlx::Error>(())
+        };
+        futures::future::try_join_all((0..connections.max(1)).map(worker)).await?;
+        Ok(outcome)
+    }
+
+    /// Empties the reduction into what a write needs: the outcome to report,
+    /// the customers whose effective rows may have changed, and the rows.
+    fn take(&mut self) -> (BatchOutcome, BTreeSet<String>, Rows<'a>) {
         let Self {
             objects,
             states,
@@ -217,33 +246,78 @@ impl<'a> Reduction<'a> {
             }
         }
 
-        let mut by_table: BTreeMap<Table, Vec<ObjectChange<'_>>> = BTreeMap::new();
+        let mut by_table: BTreeMap<Table, Vec<ObjectChange<'a>>> = BTreeMap::new();
         for ((table, _), change) in objects {
             by_table.entry(table).or_default().push(change);
         }
-        for table in Table::ALL {
-            if let Some(mut rows) = by_table.remove(&table) {
+        let objects = Table::ALL
+            .into_iter()
+            .filter_map(|table| {
+                let mut rows = by_table.remove(&table)?;
                 rows.sort_by(|a, b| a.id.cmp(&b.id));
-                for slice in rows.chunks(ROWS_PER_STATEMENT) {
-                    upsert_objects(tx, generation, table, slice).await?;
-                }
-            }
+                Some((table, rows))
+            })
+            .collect();
+        let mut states: Vec<StateChange<'a>> = states.into_values().collect();
+        states.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
+        (
+            outcome,
+            recompute,
+            Rows {
+                objects,
+                states,
+                failures,
+            },
+        )
+    }
+}
+
+/// A reduction's rows, each table's in id order, so two writers upserting
+/// overlapping rows take their locks in the same order.
+struct Rows<'a> {
+    objects: Vec<(Table, Vec<ObjectChange<'a>>)>,
+    states: Vec<StateChange<'a>>,
+    /// By seq: webhook id, event type (if known), reason.
+    failures: BTreeMap<i64, (String, Option<String>, String)>,
+}
+
+impl<'a> Rows<'a> {
+    /// The statements that write them, at most [`ROWS_PER_STATEMENT`] rows each.
+    fn statements(&self) -> Vec<Statement<'_, 'a>> {
+        let mut statements: Vec<Statement<'_, 'a>> = self
+            .objects
+            .iter()
+            .flat_map(|(table, rows)| {
+                rows.chunks(ROWS_PER_STATEMENT)
+                    .map(|slice| Statement::Objects(*table, slice))
+            })
+            .collect();
+        statements.extend(
+            self.states
+                .chunks(ROWS_PER_STATEMENT)
+                .map(Statement::States),
+        );
+        if !self.failures.is_empty() {
+            statements.push(Statement::Failures(&self.failures));
         }
-        if !states.is_empty() {
-            let mut rows: Vec<StateChange<'_>> = states.into_values().collect();
-            rows.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
-            for slice in rows.chunks(ROWS_PER_STATEMENT) {
-                upsert_states(tx, generation, slice).await?;
-            }
+        statements
+    }
+}
+
+/// One multi-row statement of a write.
+enum Statement<'r, 'a> {
+    Objects(Table, &'r [ObjectChange<'a>]),
+    States(&'r [StateChange<'a>]),
+    Failures(&'r BTreeMap<i64, (String, Option<String>, String)>),
+}
+
+impl Statement<'_, '_> {
+    async fn run(self, connection: &mut PgConnection, generation: &Generation) -> sqlx::Result<()> {
+        match self {
+            Self::Objects(table, rows) => upsert_objects(connection, generation, table, rows).await,
+            Self::States(rows) => upsert_states(connection, generation, rows).await,
+            Self::Failures(failures) => record_failures(connection, generation, failures).await,
         }
-        if !recompute.is_empty() && effective == Effective::Recompute {
-            let customers: Vec<&str> = recompute.iter().map(String::as_str).collect();
-            recompute_effective(tx, generation, Whose::Customers(&customers)).await?;
-        }
-        if !failures.is_empty() {
-            record_failures(tx, generation, &failures).await?;
-        }
-        Ok(outcome)
     }
 }
 

@@ -16,13 +16,14 @@ pub mod verify;
 
 use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection, PgPool};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::projection::decode::{ObjectChange, StateChange};
 use crate::projection::from_log::LogCursor;
 use crate::projection::generation::{self, Generation};
 use crate::projection::store::{self, Whose};
-use crate::projection::{Effective, IncomingEvent, Reduction, is_caused_by_data};
+use crate::projection::{IncomingEvent, Reduction, is_caused_by_data};
 use progress::ProgressReport;
 
 /// Session advisory lock held for a whole replay or verify.
@@ -89,8 +90,9 @@ pub async fn log_size(pool: &PgPool) -> sqlx::Result<u64> {
 
 /// Filling a generation that has no readers yet, which allows what a live
 /// generation cannot: events are reduced in memory across many chunks
-/// ([`Reduction`]) and written only when the reduction holds
-/// `memory_budget` bytes of snapshots, or at the end, so each object is
+/// ([`Reduction`]) and written only when the reduction holds half of
+/// `memory_budget` bytes of snapshots (in the background, while the other
+/// half fills), or at the end, so each object is
 /// written about once rather than once per chunk it appears in; and the
 /// effective subscriptions and grants are computed once, for everyone, at
 /// the end ([`GenerationFill::finish`]), not per customer per write.
@@ -101,21 +103,34 @@ pub async fn log_size(pool: &PgPool) -> sqlx::Result<u64> {
 pub struct GenerationFill {
     reduction: Reduction<'static>,
     memory_budget: usize,
+    /// The write of the previous half of the budget, running while the
+    /// reduction fills again. At most one: memory stays within the budget.
+    writing: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// Snapshot bytes a fill holds before it writes, unless told otherwise.
-pub const DEFAULT_MEMORY_BUDGET: usize = 1 << 30;
+/// Connections a fill writes on at once: Postgres parses and compresses the
+/// snapshots, and one connection keeps one of its processes busy.
+const WRITE_CONNECTIONS: usize = 2;
+
+/// Snapshot bytes a fill holds at most, unless told otherwise. Once writes
+/// run beside the reading, a bigger budget (fewer writes of one object)
+/// stopped paying: a million-event replay took 48–53 s with any budget from
+/// 0 to 1 GiB, and peaked at 278 MiB resident with 0, 375 MiB with 64 MiB,
+/// 1.6 GiB with 1 GiB (BENCHMARKS.md).
+pub const DEFAULT_MEMORY_BUDGET: usize = 64 << 20;
 
 impl GenerationFill {
     pub fn new(memory_budget: usize) -> Self {
         Self {
             reduction: Reduction::default(),
             memory_budget,
+            writing: None,
         }
     }
 
-    /// Adds a chunk of events; writes the reduction into `generation` (in a
-    /// transaction of its own) once it holds more than the memory budget.
+    /// Adds a chunk of events. Once the reduction holds half the memory
+    /// budget, it is written into `generation` in the background (after the
+    /// previous write has finished) while a new one fills.
     pub async fn apply(
         &mut self,
         pool: &PgPool,
@@ -126,37 +141,27 @@ impl GenerationFill {
             self.reduction
                 .add(event, ObjectChange::into_owned, StateChange::into_owned);
         }
-        if self.reduction.held_bytes() > self.memory_budget {
+        if self.reduction.held_bytes() > self.memory_budget / 2 {
+            self.wait_for_write().await?;
             tracing::debug!(
                 rows = self.reduction.held_rows(),
                 snapshot_bytes = self.reduction.held_bytes(),
-                "memory budget reached; writing what the fill holds"
+                "half the memory budget reached; writing what the fill holds"
             );
-            self.write(pool, generation).await?;
+            let mut full = std::mem::take(&mut self.reduction);
+            let (pool, generation) = (pool.clone(), generation.clone());
+            self.writing = Some(tokio::spawn(async move {
+                write(&mut full, &pool, &generation).await
+            }));
         }
         Ok(())
     }
 
-    async fn write(&mut self, pool: &PgPool, generation: &Generation) -> anyhow::Result<()> {
-        if self.reduction.is_empty() {
-            return Ok(());
+    async fn wait_for_write(&mut self) -> anyhow::Result<()> {
+        match self.writing.take() {
+            Some(writing) => writing.await.context("a write of the fill panicked")?,
+            None => Ok(()),
         }
-        let mut tx = pool.begin().await?;
-        self.reduction
-            .write(&mut tx, generation, Effective::Defer)
-            .await
-            .map_err(|e| {
-                // The decoder refuses, per event, everything Postgres cannot
-                // store, so a refusal here is a decoder gap, not bad input.
-                let context = if is_caused_by_data(&e) {
-                    "the database refused a row the decoder accepted (a bug: please report it with the event)"
-                } else {
-                    "cannot write the reduced events"
-                };
-                anyhow::Error::new(e).context(context)
-            })?;
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Writes what is left, then computes every customer's effective rows:
@@ -169,13 +174,14 @@ impl GenerationFill {
         generation: &Generation,
         progress: &ProgressReport,
     ) -> anyhow::Result<()> {
+        self.wait_for_write().await?;
         if !self.reduction.is_empty() {
             progress.step(&format!(
                 "writing the newest version of every object: {} rows, {} MiB of snapshots",
                 self.reduction.held_rows(),
                 self.reduction.held_bytes() >> 20
             ));
-            self.write(pool, generation).await?;
+            write(&mut self.reduction, pool, generation).await?;
         }
         progress.step("computing every customer's effective subscriptions and grants");
         let mut tx = pool.begin().await?;
@@ -183,6 +189,41 @@ impl GenerationFill {
         tx.commit().await?;
         Ok(())
     }
+}
+
+impl Drop for GenerationFill {
+    /// A fill dropped unfinished (an error, a stop) leaves a generation that
+    /// is dropped next; its write in flight has nothing left to do.
+    fn drop(&mut self) {
+        if let Some(writing) = &self.writing {
+            writing.abort();
+        }
+    }
+}
+
+/// Writes `reduction` into a generation being built, and empties it.
+async fn write(
+    reduction: &mut Reduction<'static>,
+    pool: &PgPool,
+    generation: &Generation,
+) -> anyhow::Result<()> {
+    if reduction.is_empty() {
+        return Ok(());
+    }
+    reduction
+        .write_concurrently(pool, generation, WRITE_CONNECTIONS)
+        .await
+        .map_err(|e| {
+            // The decoder refuses, per event, everything Postgres cannot
+            // store, so a refusal here is a decoder gap, not bad input.
+            let context = if is_caused_by_data(&e) {
+                "the database refused a row the decoder accepted (a bug: please report it with the event)"
+            } else {
+                "cannot write the reduced events"
+            };
+            anyhow::Error::new(e).context(context)
+        })?;
+    Ok(())
 }
 
 /// Adds the log from `cursor` up to `up_to` to `fill`, a chunk at a time.

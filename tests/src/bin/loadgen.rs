@@ -928,7 +928,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let reduced = run_replay(&args.common, &database, &[])?;
     println!(
         "{:<40} {:>9.0} events/s  ({} events)",
-        "defaults (reduced in memory, 1 GiB)",
+        "defaults (64 MiB, written in the background)",
         reduced,
         events.len()
     );

@@ -3,7 +3,7 @@
 //! The batch is reduced in memory first ([`Reduction`]): for each object only
 //! its newest version in the batch is written, so a burst of events about one
 //! object (created, active, updated) costs one row write; a generation build
-//! reduces far more than a batch before it writes. Each table then gets
+//! reduces up to its memory budget before it writes. Each table then gets
 //! multi-row upserts whose `where` clause keeps a row unless the incoming
 //! version is strictly newer. Rows are written in id order, so two projectors
 //! upserting overlapping rows take their locks in the same order and cannot

@@ -89,13 +89,13 @@ pub async fn log_size(pool: &PgPool) -> sqlx::Result<u64> {
 }
 
 /// Filling a generation that has no readers yet, which allows what a live
-/// generation cannot: events are reduced in memory across many chunks
-/// ([`Reduction`]) and written only when the reduction holds half of
-/// `memory_budget` bytes of snapshots (in the background, while the other
-/// half fills), or at the end, so each object is
-/// written about once rather than once per chunk it appears in; and the
-/// effective subscriptions and grants are computed once, for everyone, at
-/// the end ([`GenerationFill::finish`]), not per customer per write.
+/// generation cannot: events are reduced in memory across chunks
+/// ([`Reduction`]) and written when the reduction holds half of
+/// `memory_budget` bytes of snapshots (in the background, on several
+/// connections, while the other half fills) or at the end, so an object is
+/// written once per half-budget of log rather than once per chunk it
+/// appears in; and the effective subscriptions and grants are computed once,
+/// for everyone, at the end ([`GenerationFill::finish`]).
 ///
 /// The fill must be the generation's only writer until `finish` returns;
 /// until then the generation is incomplete.
@@ -151,7 +151,7 @@ impl GenerationFill {
             let mut full = std::mem::take(&mut self.reduction);
             let (pool, generation) = (pool.clone(), generation.clone());
             self.writing = Some(tokio::spawn(async move {
-                write(&mut full, &pool, &generation).await
+                write_reduction(&mut full, &pool, &generation).await
             }));
         }
         Ok(())
@@ -181,7 +181,7 @@ impl GenerationFill {
                 self.reduction.held_rows(),
                 self.reduction.held_bytes() >> 20
             ));
-            write(&mut self.reduction, pool, generation).await?;
+            write_reduction(&mut self.reduction, pool, generation).await?;
         }
         progress.step("computing every customer's effective subscriptions and grants");
         let mut tx = pool.begin().await?;
@@ -202,7 +202,7 @@ impl Drop for GenerationFill {
 }
 
 /// Writes `reduction` into a generation being built, and empties it.
-async fn write(
+async fn write_reduction(
     reduction: &mut Reduction<'static>,
     pool: &PgPool,
     generation: &Generation,

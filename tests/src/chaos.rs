@@ -71,6 +71,9 @@ pub struct ChaosReport {
     pub broker_outages: u32,
     /// Webhooks acknowledged while the broker was unreachable.
     pub accepted_while_broker_down: u32,
+    /// From the start of the stream to the end of the last disruption.
+    pub disruptions_took: Duration,
+    /// From the start of the stream to its last answer.
     pub elapsed: Duration,
     /// Acknowledged (stream events and probes) but not in the log.
     pub lost: usize,
@@ -100,10 +103,11 @@ impl ChaosReport {
     pub fn print(&self) {
         println!("  polarsim send: {}", self.send_summary);
         println!(
-            "  kill -9 survived: {} (ingest {}, projector {}) in {:.0} s",
+            "  kill -9 survived: {} (ingest {}, projector {}); disruptions over after {:.0} s of a {:.0} s stream",
             self.kills_ingest + self.kills_projector,
             self.kills_ingest,
             self.kills_projector,
+            self.disruptions_took.as_secs_f64(),
             self.elapsed.as_secs_f64()
         );
         println!(
@@ -266,6 +270,7 @@ pub async fn run(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
             }
         }
     }
+    report.disruptions_took = started.elapsed();
     let sent = tokio::task::spawn_blocking(move || sender.wait()).await??;
     report.elapsed = started.elapsed();
     report.sender_succeeded = sent.success();

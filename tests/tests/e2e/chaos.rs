@@ -14,12 +14,14 @@ async fn crashes_and_outages_under_a_retrying_stream_lose_nothing_and_apply_noth
         customers: std::env::var("CHAOS_CUSTOMERS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(120),
+            .unwrap_or(150),
         rate: 100.0,
         kills: 8,
         postgres_restarts: 1,
         broker_outages: 1,
-        max_pause: Duration::from_millis(1500),
+        // Every disruption must happen while the stream still runs: about
+        // 45 s of webhooks against about 20 s of disruptions.
+        max_pause: Duration::from_millis(1000),
         seed: 11,
         broker: BrokerChoice::Mock,
         data_dir: std::env::temp_dir().join("hookstream-chaos-streams"),

@@ -317,7 +317,6 @@ pub async fn run(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
         .to_owned();
     report.drift_passed = drift.status.success();
 
-    let _ = get(&api, "/healthz", None).await;
     drop(ingest);
     drop(projectors);
     drop(broker);

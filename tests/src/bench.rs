@@ -259,15 +259,64 @@ pub async fn drive<F>(
 where
     F: Fn(u64) -> Request<Full<Bytes>> + Send + Sync + 'static,
 {
+    let mut senders = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        senders.push(connect(authority).await?);
+    }
     let make = Arc::new(make);
+    let authority: Arc<str> = authority.into();
+    paced(senders, pace, total, max_duration, move |mut sender, i| {
+        let (make, authority) = (make.clone(), authority.clone());
+        async move {
+            let outcome = async {
+                let response = sender.send_request(make(i)).await?;
+                let status = response.status().as_u16();
+                response.into_body().collect().await?;
+                Ok::<u16, anyhow::Error>(status)
+            }
+            .await;
+            match outcome {
+                Ok(status) => (sender, Some(status)),
+                Err(_) => {
+                    match connect(&authority).await {
+                        Ok(s) => sender = s,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                    (sender, None)
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Runs operations `0..total` at `pace` for at most `max_duration`, one
+/// worker per element of `workers` (its state: a connection, a pool). Each
+/// worker takes the next operation, waits until it is due, and runs
+/// `operation(state, i)`, which hands the state back with the status it
+/// ended in (2xx counts as success and is timed) or `None` when it failed
+/// before any status (a broken connection).
+pub async fn paced<S, Op, Fut>(
+    workers: Vec<S>,
+    pace: Pace,
+    total: u64,
+    max_duration: Duration,
+    operation: Op,
+) -> anyhow::Result<Measured>
+where
+    S: Send + 'static,
+    Op: Fn(S, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = (S, Option<u16>)> + Send,
+{
+    let operation = Arc::new(operation);
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + max_duration;
-    let mut workers = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        let mut sender = connect(authority).await?;
-        let (make, next, authority) = (make.clone(), next.clone(), authority.to_owned());
-        workers.push(tokio::spawn(async move {
+    let mut tasks = Vec::with_capacity(workers.len());
+    for state in workers {
+        let (operation, next) = (operation.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut state = state;
             let mut measured = Measured::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -291,36 +340,25 @@ where
                     }
                 };
                 measured.sent += 1;
-                let outcome = async {
-                    let response = sender.send_request(make(i)).await?;
-                    let status = response.status().as_u16();
-                    response.into_body().collect().await?;
-                    Ok::<u16, anyhow::Error>(status)
-                }
-                .await;
-                match outcome {
-                    Ok(status) => {
+                let (returned, status) = operation(state, i).await;
+                state = returned;
+                match status {
+                    Some(status) => {
                         *measured.statuses.entry(status).or_default() += 1;
                         if (200..300).contains(&status) {
                             let us = due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
                             measured.latencies_us.push(us);
                         }
                     }
-                    Err(_) => {
-                        measured.transport_errors += 1;
-                        match connect(&authority).await {
-                            Ok(s) => sender = s,
-                            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                        }
-                    }
+                    None => measured.transport_errors += 1,
                 }
             }
             measured
         }));
     }
     let mut all = Measured::default();
-    for worker in workers {
-        let m = worker.await?;
+    for task in tasks {
+        let m = task.await?;
         all.sent += m.sent;
         all.transport_errors += m.transport_errors;
         for (s, n) in m.statuses {

@@ -25,7 +25,7 @@ use hookstream_ingest::signature::{KeyRule, signature_header};
 use hookstream_shared::config::Secret;
 use hookstream_shared::kafka::EmbeddedKafka;
 use hookstream_tests::bench::{
-    Broker, BrokerChoice, FreshDatabase, Measured, Pace, Service, drive, free_port,
+    Broker, BrokerChoice, FreshDatabase, Measured, Pace, Service, drive, free_port, paced,
 };
 use hookstream_tests::chaos::ChaosPlan;
 use hookstream_tests::{SimEvent, generate, read_events};
@@ -357,14 +357,103 @@ async fn ingest_internals(base_url: &str) -> String {
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or(f64::NAN)
     };
+    // Share of a histogram's observations above 25 ms (a bucket bound): tells
+    // a slow commit apart from a request that waited for a CPU.
+    let over_25ms = |name: &str| -> f64 {
+        let within = value(&format!("{name}_bucket{{le=\"0.025\"}}"));
+        let all = value(&format!("{name}_count"));
+        100.0 * (all - within) / all
+    };
     let batches = value("hookstream_ingest_batch_size_count");
     format!(
-        "ingest saw {batches} batches: mean {:.1} events, mean commit {:.2} ms, mean request {:.2} ms",
+        "ingest saw {batches} batches: mean {:.1} events, mean commit {:.2} ms ({:.2}% over 25 ms), mean request {:.2} ms ({:.2}% over 25 ms)",
         value("hookstream_ingest_batch_size_sum") / batches,
         1000.0 * value("hookstream_ingest_commit_seconds_sum") / batches,
+        over_25ms("hookstream_ingest_commit_seconds"),
         1000.0 * value("hookstream_ingest_request_seconds_sum")
             / value("hookstream_ingest_request_seconds_count"),
+        over_25ms("hookstream_ingest_request_seconds"),
     )
+}
+
+/// The floor under ingest: the same append (`event_log::append_batch`, its
+/// dedup and its outbox row) on the same bodies, straight from this process
+/// to Postgres, with no HTTP, signature, envelope parsing or Kafka. `workers`
+/// commits run at once, each of `batch` events; at a fixed rate, batch `i`
+/// is due at `start + i * batch / rate`. Latencies are per commit.
+async fn append_alone(
+    args: &IngestArgs,
+    events: &[SimEvent],
+    label: &str,
+    pace: Pace,
+    batch: usize,
+    workers: usize,
+) -> anyhow::Result<Measured> {
+    use hookstream_shared::{envelope, event_log};
+    let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
+    let settings = hookstream_shared::db::DatabaseSettings::for_url(&database.url);
+    let pool = hookstream_shared::db::connect_and_migrate(&settings, "loadgen").await?;
+    let templates = events
+        .iter()
+        .map(|e| {
+            let body = Bytes::from(e.body.clone());
+            Ok(event_log::NewEvent::from_envelope(
+                "polar",
+                &e.webhook_id,
+                envelope::parse(&body)?,
+                body,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let templates = Arc::new(templates);
+    let (batches, batch_pace) = match pace {
+        Pace::Rate(rate) => (
+            (rate * args.seconds as f64) as u64 / batch as u64,
+            Pace::Rate(rate / batch as f64),
+        ),
+        Pace::FullSpeed => (40_000 * args.seconds / batch as u64, Pace::FullSpeed),
+    };
+    let run = format!("floor{}", unix_now());
+    let measured = paced(
+        vec![pool.clone(); workers],
+        batch_pace,
+        batches,
+        Duration::from_secs(args.seconds),
+        move |pool, i| {
+            let (templates, run) = (templates.clone(), run.clone());
+            async move {
+                // A fresh webhook id per event, as in the ingest runs: every
+                // one is new, none is a duplicate.
+                let events: Vec<_> = (0..batch)
+                    .map(|k| {
+                        let n = i as usize * batch + k;
+                        let mut event = templates[n % templates.len()].clone();
+                        event.webhook_id = format!("{run}-{n}");
+                        event
+                    })
+                    .collect();
+                let status = match event_log::append_batch(&pool, &events).await {
+                    Ok(_) => 200,
+                    Err(_) => 503,
+                };
+                (pool, Some(status))
+            }
+        },
+    )
+    .await?;
+    println!(
+        "{label:<34} {:>9.0}/s events  per commit: p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>8.2} ms  ({} commits of {batch}, {} failed)",
+        measured.throughput() * batch as f64,
+        measured.quantile_ms(0.50),
+        measured.quantile_ms(0.99),
+        measured.quantile_ms(0.999),
+        measured.quantile_ms(1.0),
+        measured.ok(),
+        measured.sent - measured.ok(),
+    );
+    pool.close().await;
+    database.drop_now().await?;
+    Ok(measured)
 }
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
@@ -425,6 +514,36 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         256,
     )
     .await?;
+    // The floor: what Postgres alone gives the same appends on this machine.
+    // Ingest cannot answer before its commit, so its p99 cannot beat the
+    // commits' own, nor its throughput the appends'.
+    let alone = append_alone(
+        &args,
+        &events,
+        "log append alone, full speed",
+        Pace::FullSpeed,
+        32,
+        4,
+    )
+    .await?;
+    let alone_small = append_alone(
+        &args,
+        &events,
+        &format!("log append alone, {}/s", args.rate),
+        Pace::Rate(args.rate),
+        3,
+        8,
+    )
+    .await?;
+    let alone_large = append_alone(
+        &args,
+        &events,
+        &format!("log append alone, {}/s", args.rate),
+        Pace::Rate(args.rate),
+        25,
+        8,
+    )
+    .await?;
     println!(
         "group commit / per-request: throughput x{:.2}; p99 at {}/s {:.2} ms vs {:.2} ms ({:.0} s in all)",
         grouped.throughput() / baseline.throughput(),
@@ -433,9 +552,21 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         baseline_rate.quantile_ms(0.99),
         started.elapsed().as_secs_f64()
     );
+    println!(
+        "against the log append alone: throughput x{:.2} of {:.0}/s; p99 at {}/s {:.2} ms vs the commits' own {:.2} ms (batches of 3) and {:.2} ms (batches of 25)",
+        grouped.throughput() / (alone.throughput() * 32.0),
+        alone.throughput() * 32.0,
+        args.rate,
+        grouped_rate.quantile_ms(0.99),
+        alone_small.quantile_ms(0.99),
+        alone_large.quantile_ms(0.99),
+    );
     let failed = [&baseline, &grouped, &baseline_rate, &grouped_rate]
         .iter()
-        .any(|m| m.ok() == 0 || m.transport_errors > 0);
+        .any(|m| m.ok() == 0 || m.transport_errors > 0)
+        || [&alone, &alone_small, &alone_large]
+            .iter()
+            .any(|m| m.ok() == 0 || m.ok() < m.sent);
     anyhow::ensure!(
         !failed,
         "a run had no successful request, or had transport errors"

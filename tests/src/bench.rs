@@ -104,6 +104,11 @@ impl Service {
         }
     }
 
+    /// The service's process id, for [`cpu::process_seconds`].
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, then wait: the service's own graceful shutdown.
     pub fn stop(mut self) -> anyhow::Result<()> {
         let _ = Command::new("kill")
@@ -118,6 +123,81 @@ impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What a run cost in CPU time, beside how long it took: on a machine whose
+/// cores are all busy, core-seconds per event bound the rate no matter how the
+/// work is spread. Read from Linux's `/proc`; zero where it cannot be read.
+pub mod cpu {
+    /// User plus system time, in seconds, of process `pid` (all its threads).
+    pub fn process_seconds(pid: u32) -> f64 {
+        read_stat(&format!("/proc/{pid}/stat")).map_or(0.0, |t| t.own)
+    }
+
+    /// User plus system time, in seconds, of every process whose command is
+    /// `command` (e.g. `postgres`), including their exited and reaped
+    /// children: a server's backends come and go during a run.
+    pub fn command_seconds(command: &str) -> f64 {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0.0;
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|e| read_stat(&format!("{}/stat", e.path().display())))
+            .filter(|t| t.command == command)
+            .map(|t| t.own + t.children)
+            .sum()
+    }
+
+    struct Times {
+        command: String,
+        own: f64,
+        children: f64,
+    }
+
+    fn read_stat(path: &str) -> Option<Times> {
+        let stat = std::fs::read_to_string(path).ok()?;
+        // The command is in parentheses and may itself hold spaces or ')'.
+        let (head, rest) = stat.rsplit_once(')')?;
+        let command = head.split_once('(')?.1.to_owned();
+        // After the command: state is field 3; utime, stime, cutime, cstime
+        // are fields 14 to 17.
+        let fields: Vec<f64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(4)
+            .map(|f| f.parse().unwrap_or(0.0))
+            .collect();
+        let [utime, stime, cutime, cstime] = fields[..] else {
+            return None;
+        };
+        let tick = clock_ticks_per_second();
+        Some(Times {
+            command,
+            own: (utime + stime) / tick,
+            children: (cutime + cstime) / tick,
+        })
+    }
+
+    /// `getconf CLK_TCK`: 100 on every Linux this runs on; asked once.
+    fn clock_ticks_per_second() -> f64 {
+        static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+        *TICKS.get_or_init(|| {
+            std::process::Command::new("getconf")
+                .arg("CLK_TCK")
+                .output()
+                .ok()
+                .and_then(|o| String::from_utf8(o.stdout).ok())
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(100.0)
+        })
+    }
+
+    /// The cores this machine has.
+    pub fn cores() -> f64 {
+        std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
     }
 }
 

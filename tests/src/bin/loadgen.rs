@@ -25,7 +25,7 @@ use hookstream_ingest::signature::{KeyRule, signature_header};
 use hookstream_shared::config::Secret;
 use hookstream_shared::kafka::EmbeddedKafka;
 use hookstream_tests::bench::{
-    Broker, BrokerChoice, FreshDatabase, Measured, Pace, Service, drive, free_port, paced,
+    Broker, BrokerChoice, FreshDatabase, Measured, Pace, Service, cpu, drive, free_port, paced,
 };
 use hookstream_tests::chaos::ChaosPlan;
 use hookstream_tests::{SimEvent, generate, read_events};
@@ -326,6 +326,7 @@ async fn ingest_run(
         Pace::FullSpeed => 40_000 * args.seconds as usize,
     };
     let requests = Arc::new(SignedRequests::new(events, total, &run, &authority));
+    let spent = CpuSpent::start(service.pid());
     let measured = drive(
         &authority,
         connections,
@@ -340,10 +341,54 @@ async fn ingest_run(
     .await?;
     println!("{}", measured.summary(label));
     println!("{:<34} {}", "", ingest_internals(&service.base_url).await);
+    println!(
+        "{:<34} {}",
+        "",
+        spent.per_event("accepted webhook", "ingest", measured.ok())
+    );
     service.stop()?;
     drop(kafka);
     database.drop_now().await?;
     Ok(measured)
+}
+
+/// Core-seconds spent by a service, by Postgres and by this load generator
+/// (with its embedded broker) since `start`.
+struct CpuSpent {
+    service_pid: u32,
+    service: f64,
+    postgres: f64,
+    loadgen: f64,
+}
+
+impl CpuSpent {
+    fn start(service_pid: u32) -> Self {
+        Self {
+            service_pid,
+            service: cpu::process_seconds(service_pid),
+            postgres: cpu::command_seconds("postgres"),
+            loadgen: cpu::process_seconds(std::process::id()),
+        }
+    }
+
+    /// CPU per event since `start`, by process, and the rate at which that
+    /// work would fill every core of this machine: the ceiling however it is
+    /// spread over them.
+    fn per_event(&self, what: &str, service: &str, events: u64) -> String {
+        let n = events.max(1) as f64;
+        let service_s = cpu::process_seconds(self.service_pid) - self.service;
+        let postgres_s = cpu::command_seconds("postgres") - self.postgres;
+        let loadgen_s = cpu::process_seconds(std::process::id()) - self.loadgen;
+        let total = service_s + postgres_s + loadgen_s;
+        format!(
+            "CPU per {what}: {service} {:.1} us, Postgres {:.1} us, load generator and broker {:.1} us; {} cores full cap this at {:.0}/s",
+            1e6 * service_s / n,
+            1e6 * postgres_s / n,
+            1e6 * loadgen_s / n,
+            cpu::cores(),
+            cpu::cores() * n / total,
+        )
+    }
 }
 
 /// Mean batch size and mean commit time, from ingest's own metrics.
@@ -705,7 +750,9 @@ async fn projector(args: ProjectorArgs) -> anyhow::Result<()> {
     );
     let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
     let service = start_projector(&args.common, &database, &bootstrap, "backlog", &[]).await?;
+    let spent = CpuSpent::start(service.pid());
     let (total, applying) = drain(&database, events.len(), "batched").await?;
+    let cost = spent.per_event("event", "projector", events.len() as u64);
     let rate = events.len() as f64 / applying.as_secs_f64();
     println!(
         "{:<40} {:>9.0} events/s  ({} events in {:.1} s from the first batch, {:.1} s from start)",
@@ -715,6 +762,7 @@ async fn projector(args: ProjectorArgs) -> anyhow::Result<()> {
         applying.as_secs_f64(),
         total.as_secs_f64()
     );
+    println!("  {cost}");
     println!(
         "batched / one per transaction: x{:.1}",
         rate / baseline_rate

@@ -63,6 +63,21 @@ impl Table {
         }
     }
 
+    /// The SQL type of the table's snapshot column. Postgres parses every
+    /// jsonb value it is sent, and for a 3 KB Polar object that costs ten to
+    /// fifteen times storing it as text (BENCHMARKS.md, "Projector"), most of
+    /// a drain's database time. So only tables whose snapshots SQL reads into
+    /// (the effective views, the read API's merges and sorts) keep jsonb; the
+    /// others keep the text the projector has already parsed, byte for byte.
+    pub fn snapshot_type(self) -> &'static str {
+        match self {
+            Self::Customers | Self::Subscriptions | Self::BenefitGrants | Self::Benefits => {
+                "jsonb"
+            }
+            Self::Orders | Self::Checkouts | Self::Products => "text",
+        }
+    }
+
     /// The query columns each table keeps beside the snapshot, in the order
     /// [`ObjectChange::columns`] holds their values, with their SQL types.
     pub fn columns(self) -> &'static [(&'static str, &'static str)] {

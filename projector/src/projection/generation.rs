@@ -12,7 +12,7 @@ use sqlx::{Executor as _, PgConnection, PgPool};
 
 /// Version of `generation.sql`. A live generation built with another version
 /// must be rebuilt (`projector replay`) before this binary serves it.
-pub const DDL_VERSION: i32 = 1;
+pub const DDL_VERSION: i32 = 2;
 
 const DDL: &str = include_str!("generation.sql");
 

@@ -3,7 +3,9 @@
 -- generations are then rebuilt by `projector replay`, never migrated in place.
 --
 -- Every object table keeps the latest full snapshot, the version it came from
--- (see version.rs) and the columns that queries filter on.
+-- (see version.rs) and the columns that queries filter on. Snapshots that SQL
+-- reads into are jsonb; the others are the event's text, which Postgres stores
+-- without parsing it again (Table::snapshot_type in decode.rs says why).
 
 create schema {schema};
 
@@ -22,7 +24,7 @@ create index on {schema}.customers (external_id) where external_id is not null;
 
 create table {schema}.products (
     id text primary key, v_at timestamptz not null, v_rank smallint not null,
-    v_occurred timestamptz not null, v_seq bigint not null, snapshot jsonb not null
+    v_occurred timestamptz not null, v_seq bigint not null, snapshot text not null
 );
 
 create table {schema}.benefits (
@@ -68,7 +70,7 @@ create table {schema}.orders (
     v_rank          smallint    not null,
     v_occurred      timestamptz not null,
     v_seq           bigint      not null,
-    snapshot        jsonb       not null,
+    snapshot        text        not null,
     customer_id     text,
     subscription_id text,
     status          text        not null
@@ -81,7 +83,7 @@ create table {schema}.checkouts (
     v_rank               smallint    not null,
     v_occurred           timestamptz not null,
     v_seq                bigint      not null,
-    snapshot             jsonb       not null,
+    snapshot             text        not null,
     customer_id          text,
     external_customer_id text,
     status               text        not null

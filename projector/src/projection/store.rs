@@ -339,7 +339,7 @@ async fn upsert_objects(
             "snapshot::jsonb - 'active_subscriptions' - 'granted_benefits' - 'active_meters'"
                 .to_owned()
         } else {
-            "snapshot::jsonb".to_owned()
+            format!("snapshot::{}", table.snapshot_type())
         },
     ];
     let mut names = vec!["id", "v_at", "v_rank", "v_occurred", "v_seq", "snapshot"];

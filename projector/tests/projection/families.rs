@@ -448,7 +448,7 @@ async fn orders_checkouts_products_and_benefits_keep_their_newest_version(pool: 
         "succeeded"
     );
     assert_eq!(
-        row("select snapshot->>'name' from projection.products where id = 'prod_1'").await,
+        row("select snapshot::jsonb ->> 'name' from projection.products where id = 'prod_1'").await,
         "Renamed"
     );
     assert_eq!(row("select id from projection.benefits").await, "ben_1");

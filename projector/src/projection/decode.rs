@@ -71,9 +71,7 @@ impl Table {
     /// others keep the text the projector has already parsed, byte for byte.
     pub fn snapshot_type(self) -> &'static str {
         match self {
-            Self::Customers | Self::Subscriptions | Self::BenefitGrants | Self::Benefits => {
-                "jsonb"
-            }
+            Self::Customers | Self::Subscriptions | Self::BenefitGrants | Self::Benefits => "jsonb",
             Self::Orders | Self::Checkouts | Self::Products => "text",
         }
     }

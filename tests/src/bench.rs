@@ -144,7 +144,12 @@ pub mod cpu {
         };
         entries
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
             .filter_map(|e| read_stat(&format!("{}/stat", e.path().display())))
             .filter(|t| t.command == command)
             .map(|t| t.own + t.children)

@@ -353,12 +353,17 @@ async fn ingest_run(
 }
 
 /// Core-seconds spent by a service, by Postgres and by this load generator
-/// (with its embedded broker) since `start`.
+/// with its broker (embedded, or a tansu process) since `start`.
 struct CpuSpent {
     service_pid: u32,
     service: f64,
     postgres: f64,
     loadgen: f64,
+}
+
+/// CPU seconds of this process and of any tansu broker it runs.
+fn loadgen_and_broker_seconds() -> f64 {
+    cpu::process_seconds(std::process::id()) + cpu::command_seconds("tansu")
 }
 
 impl CpuSpent {
@@ -367,7 +372,7 @@ impl CpuSpent {
             service_pid,
             service: cpu::process_seconds(service_pid),
             postgres: cpu::command_seconds("postgres"),
-            loadgen: cpu::process_seconds(std::process::id()),
+            loadgen: loadgen_and_broker_seconds(),
         }
     }
 
@@ -378,7 +383,7 @@ impl CpuSpent {
         let n = events.max(1) as f64;
         let service_s = cpu::process_seconds(self.service_pid) - self.service;
         let postgres_s = cpu::command_seconds("postgres") - self.postgres;
-        let loadgen_s = cpu::process_seconds(std::process::id()) - self.loadgen;
+        let loadgen_s = loadgen_and_broker_seconds() - self.loadgen;
         let total = service_s + postgres_s + loadgen_s;
         format!(
             "CPU per {what}: {service} {:.1} us, Postgres {:.1} us, load generator and broker {:.1} us; {} cores full cap this at {:.0}/s",

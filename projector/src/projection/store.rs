@@ -135,7 +135,8 @@ impl<'a> Reduction<'a> {
             }) => {
                 *self.applied.entry(event_type.into_owned()).or_default() += 1;
                 for change in changes.objects {
-                    self.keep_object(change, &adopt);
+                    let key = (change.table, change.id.to_string());
+                    self.keep_object(key, change, &adopt);
                 }
                 if let Some(state) = changes.state {
                     self.keep_state(state, &adopt_state);
@@ -153,14 +154,14 @@ impl<'a> Reduction<'a> {
         }
     }
 
-    /// Keeps `change` if it is newer than what the reduction holds for its
-    /// object; only then is it adopted.
+    /// Keeps `change` (the object `key` names) if it is newer than what the
+    /// reduction holds for that object; only then is it adopted.
     fn keep_object<'e>(
         &mut self,
+        key: (Table, String),
         change: ObjectChange<'e>,
         adopt: impl FnOnce(ObjectChange<'e>) -> ObjectChange<'a>,
     ) {
-        let key = (change.table, change.id.to_string());
         let newer = self
             .objects
             .get(&key)
@@ -197,8 +198,8 @@ impl<'a> Reduction<'a> {
     /// events here would have given, since both keep the newest by the same
     /// order (on a tie, the copy already held, as `add` does).
     fn absorb(&mut self, other: Reduction<'a>) {
-        for (_, change) in other.objects {
-            self.keep_object(change, |c| c);
+        for (key, change) in other.objects {
+            self.keep_object(key, change, |c| c);
         }
         for (_, state) in other.states {
             self.keep_state(state, |s| s);

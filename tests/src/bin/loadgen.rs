@@ -438,22 +438,14 @@ async fn append_alone(
     pace: Pace,
     batch: usize,
     workers: usize,
-) -> anyhow::Result<Measured> {
-    use hookstream_shared::{envelope, event_log};
+) -> anyhow::Result<AppendFloor> {
+    use hookstream_shared::event_log;
     let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
     let settings = hookstream_shared::db::DatabaseSettings::for_url(&database.url);
     let pool = hookstream_shared::db::connect_and_migrate(&settings, "loadgen").await?;
     let templates = events
         .iter()
-        .map(|e| {
-            let body = Bytes::from(e.body.clone());
-            Ok(event_log::NewEvent::from_envelope(
-                "polar",
-                &e.webhook_id,
-                envelope::parse(&body)?,
-                body,
-            ))
-        })
+        .map(log_row)
         .collect::<anyhow::Result<Vec<_>>>()?;
     let templates = Arc::new(templates);
     let (batches, batch_pace) = match pace {
@@ -491,9 +483,9 @@ async fn append_alone(
         },
     )
     .await?;
+    let events_per_second = measured.throughput() * batch as f64;
     println!(
-        "{label:<34} {:>9.0}/s events  per commit: p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>8.2} ms  ({} commits of {batch}, {} failed)",
-        measured.throughput() * batch as f64,
+        "{label:<34} {events_per_second:>9.0}/s events  per commit: p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>8.2} ms  ({} commits of {batch}, {} failed)",
         measured.quantile_ms(0.50),
         measured.quantile_ms(0.99),
         measured.quantile_ms(0.999),
@@ -503,7 +495,27 @@ async fn append_alone(
     );
     pool.close().await;
     database.drop_now().await?;
-    Ok(measured)
+    Ok(AppendFloor {
+        events_per_second,
+        commits: measured,
+    })
+}
+
+/// What [`append_alone`] measured: per commit, and in events.
+struct AppendFloor {
+    commits: Measured,
+    events_per_second: f64,
+}
+
+/// The event-log row ingest appends for a polarsim event.
+fn log_row(event: &SimEvent) -> anyhow::Result<hookstream_shared::event_log::NewEvent> {
+    let body = Bytes::from(event.body.clone());
+    Ok(hookstream_shared::event_log::NewEvent::from_envelope(
+        "polar",
+        &event.webhook_id,
+        hookstream_shared::envelope::parse(&body)?,
+        body,
+    ))
 }
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
@@ -604,19 +616,19 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     );
     println!(
         "against the log append alone: throughput x{:.2} of {:.0}/s; p99 at {}/s {:.2} ms vs the commits' own {:.2} ms (batches of 3) and {:.2} ms (batches of 25)",
-        grouped.throughput() / (alone.throughput() * 32.0),
-        alone.throughput() * 32.0,
+        grouped.throughput() / alone.events_per_second,
+        alone.events_per_second,
         args.rate,
         grouped_rate.quantile_ms(0.99),
-        alone_small.quantile_ms(0.99),
-        alone_large.quantile_ms(0.99),
+        alone_small.commits.quantile_ms(0.99),
+        alone_large.commits.quantile_ms(0.99),
     );
     let failed = [&baseline, &grouped, &baseline_rate, &grouped_rate]
         .iter()
         .any(|m| m.ok() == 0 || m.transport_errors > 0)
         || [&alone, &alone_small, &alone_large]
             .iter()
-            .any(|m| m.ok() == 0 || m.ok() < m.sent);
+            .any(|floor| floor.commits.ok() == 0 || floor.commits.ok() < floor.commits.sent);
     anyhow::ensure!(
         !failed,
         "a run had no successful request, or had transport errors"
@@ -1130,19 +1142,11 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 
 /// Appends events to the log in ingest-sized batches.
 async fn log_stream(pool: &sqlx::PgPool, events: &[SimEvent]) -> anyhow::Result<()> {
-    use hookstream_shared::{envelope, event_log};
+    use hookstream_shared::event_log;
     for chunk in events.chunks(2000) {
         let batch = chunk
             .iter()
-            .map(|e| {
-                let parsed = envelope::parse(e.body.as_bytes())?;
-                Ok(event_log::NewEvent::from_envelope(
-                    "polar",
-                    &e.webhook_id,
-                    parsed,
-                    Bytes::from(e.body.clone()),
-                ))
-            })
+            .map(log_row)
             .collect::<anyhow::Result<Vec<_>>>()?;
         event_log::append_batch(pool, &batch).await?;
     }

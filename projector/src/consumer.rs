@@ -15,13 +15,21 @@
 //! this consumer started from. If another consumer moved them (this one lost
 //! the partition and does not know yet), the batch is rolled back.
 //!
+//! No message is ever passed over. A failed batch leaves the consumer's fetch
+//! position past messages that were read but not applied, so every partition
+//! of that batch is marked [`Fetch::Lost`]: none of its messages is applied
+//! until a seek back to the stored offset has succeeded, however many tries
+//! that takes. Independently, a batch's first message of each partition must
+//! be the stored next offset; if it is not, that partition's messages are
+//! refused and it is sought back too.
+//!
 //! Kafka can lose messages the projector never applied: retention deletes them
 //! while it is down, or a broker with a small log drops them. A partition
 //! whose next offset to apply lies below its low watermark has such a gap;
 //! the consumer then re-applies the event log (the source of truth) into the
 //! live generation before going on, so no acknowledged event is missed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,9 +52,75 @@ use crate::metrics::ProjectorMetrics;
 use crate::projection::from_log::{self, Target};
 use crate::projection::{self, IncomingEvent, generation};
 
-/// Where each assigned partition stands: the next offset to apply, or `None`
-/// when nothing was ever applied (start from the beginning).
-type Positions = HashMap<i32, Option<i64>>;
+/// Where each assigned partition stands.
+type Positions = HashMap<i32, Position>;
+
+/// One assigned partition: what Postgres says comes next, and whether the
+/// consumer's fetch position is known to agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    /// The next offset to apply, as stored in Postgres, or `None` when nothing
+    /// was ever applied (start from the beginning).
+    next: Option<i64>,
+    fetch: Fetch,
+}
+
+/// How the consumer's fetch position relates to a partition's `next`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    /// Just placed at `next` (by assignment or seek): the first message that
+    /// arrives is the first the partition holds at or after `next`.
+    AtNext,
+    /// Reading on after the last applied batch: the next message must be
+    /// exactly `next`.
+    Following,
+    /// A batch read past `next` and was not applied. Nothing of the partition
+    /// is applied until a seek back to `next` succeeds.
+    Lost,
+}
+
+impl Position {
+    fn placed_at(next: Option<i64>) -> Self {
+        Self {
+            next,
+            fetch: Fetch::AtNext,
+        }
+    }
+}
+
+/// Whether a partition's messages in a batch may be applied, given where the
+/// partition stands and the offset of its first message in the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// They continue exactly where the last applied message left off.
+    Contiguous,
+    /// Kafka no longer holds offsets `next..low`: lost to retention, to be
+    /// recovered from the event log. What Kafka still has is applied.
+    Gap { next: i64, low: i64 },
+    /// Messages Kafka still holds were passed over (or that cannot be ruled
+    /// out): refuse, and seek back.
+    Skipped { next: i64, first: i64 },
+    /// The partition awaits a seek back; its messages are stale reads.
+    AwaitingRewind,
+}
+
+/// Decides [`Start`] for one partition. `low_watermark` is only asked for
+/// (a broker round trip) when the first offset is past `next`.
+fn check_start(
+    position: Position,
+    first: i64,
+    low_watermark: impl FnOnce() -> Option<i64>,
+) -> Start {
+    match (position.fetch, position.next) {
+        (Fetch::Lost, _) => Start::AwaitingRewind,
+        (Fetch::AtNext, _) | (Fetch::Following, None) => Start::Contiguous,
+        (Fetch::Following, Some(next)) if first <= next => Start::Contiguous,
+        (Fetch::Following, Some(next)) => match low_watermark() {
+            Some(low) if low > next => Start::Gap { next, low },
+            _ => Start::Skipped { next, first },
+        },
+    }
+}
 
 /// Shared between the poll loop and the callbacks librdkafka makes from `poll`.
 struct ProjectorContext {
@@ -67,11 +141,11 @@ impl ClientContext for ProjectorContext {
             return;
         };
         let positions = self.positions.lock().expect("positions lock");
-        for (partition, next) in positions.iter() {
+        for (partition, position) in positions.iter() {
             if let Some(stats) = topic.partitions.get(partition)
                 && stats.hi_offset >= 0
             {
-                let lag = stats.hi_offset - next.unwrap_or(0);
+                let lag = stats.hi_offset - position.next.unwrap_or(0);
                 self.metrics
                     .consumer_lag
                     .with_label_values(&[&partition.to_string()])
@@ -109,7 +183,10 @@ impl ConsumerContext for ProjectorContext {
                 {
                     let mut positions = self.positions.lock().expect("positions lock");
                     for &partition in &partitions {
-                        positions.insert(partition, stored.get(&partition).copied());
+                        positions.insert(
+                            partition,
+                            Position::placed_at(stored.get(&partition).copied()),
+                        );
                     }
                 }
                 for &partition in &partitions {
@@ -155,22 +232,33 @@ impl ProjectorContext {
     /// partition (its low watermark is past them). Blocks for one request to
     /// the broker; runs on the consumer thread.
     fn check_for_gap(&self, consumer: &BaseConsumer<Self>, partition: i32, next: i64) {
+        if let Some(low) = self.low_watermark(consumer, partition)
+            && next < low
+        {
+            self.record_gap(partition, next, low);
+        }
+    }
+
+    /// The earliest offset the broker still holds, `None` if it cannot say.
+    fn low_watermark(&self, consumer: &BaseConsumer<Self>, partition: i32) -> Option<i64> {
         match consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(5)) {
-            Ok((low, _)) if next < low => {
-                tracing::error!(
-                    partition,
-                    lost_from = next,
-                    lost_to = low,
-                    "Kafka no longer holds messages this projector never applied; re-applying the event log"
-                );
-                self.metrics.offset_gaps.inc();
-                self.backfill_needed.store(true, Ordering::Release);
-            }
-            Ok(_) => {}
+            Ok((low, _)) => Some(low),
             Err(e) => {
-                tracing::warn!(error = %e, partition, "cannot read the partition's watermarks")
+                tracing::warn!(error = %e, partition, "cannot read the partition's watermarks");
+                None
             }
         }
+    }
+
+    fn record_gap(&self, partition: i32, next: i64, low: i64) {
+        tracing::error!(
+            partition,
+            lost_from = next,
+            lost_to = low,
+            "Kafka no longer holds messages this projector never applied; re-applying the event log"
+        );
+        self.metrics.offset_gaps.inc();
+        self.backfill_needed.store(true, Ordering::Release);
     }
 
     /// Reads stored offsets, retrying while the database is unreachable; an
@@ -219,6 +307,21 @@ async fn load_offsets(
         .into_iter()
         .map(|r| (r.partition, r.next_offset))
         .collect())
+}
+
+/// Messages of `topic` that the consumer group's stored positions passed
+/// without applying them, from the audit columns of `projector_offsets`.
+/// Always 0 unless Kafka lost messages before they were applied (a gap,
+/// recovered from the event log instead). Partitions whose audit began before
+/// the audit existed are left out.
+pub async fn messages_passed_over(pool: &PgPool, topic: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select coalesce(sum(next_offset - first_offset - messages_applied), 0)::bigint as "passed_over!"
+           from projector_offsets where topic = $1 and first_offset is not null"#,
+        topic
+    )
+    .fetch_one(pool)
+    .await
 }
 
 struct StoredOffset {
@@ -331,10 +434,24 @@ impl ConsumeLoop {
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
+            if let Err(e) = self.rewind() {
+                // Nothing of a lost partition is applied until this succeeds;
+                // gathering goes on meanwhile, so other partitions keep moving
+                // and rebalances are still served.
+                failures += 1;
+                self.context().metrics.rewind_errors.inc();
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    failures,
+                    "cannot seek back to the stored offsets; will retry before applying those partitions"
+                );
+                self.pause(failures);
+            }
             let batch = self.gather();
             if batch.is_empty() {
                 continue;
             }
+            let partitions: Vec<i32> = batch.iter().map(|m| m.partition).collect();
             match self.apply(batch) {
                 Ok(()) => failures = 0,
                 Err(e) => {
@@ -345,14 +462,8 @@ impl ConsumeLoop {
                         failures,
                         "batch not applied; will re-read it"
                     );
-                    // librdkafka heartbeats from its own thread, so a pause
-                    // without polling does not cost the assignment.
-                    let pause = Duration::from_millis(100 * u64::from(failures.min(50)));
-                    let deadline = Instant::now() + pause;
-                    while Instant::now() < deadline && !self.stop.is_cancelled() {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    self.rewind();
+                    self.mark_lost(&partitions);
+                    self.pause(failures);
                 }
             }
         }
@@ -360,6 +471,27 @@ impl ConsumeLoop {
         // without waiting for a session timeout.
         self.consumer.unsubscribe();
         tracing::info!("consumer stopped");
+    }
+
+    /// Waits longer the more consecutive failures there were, or until asked
+    /// to stop. librdkafka heartbeats from its own thread, so a pause without
+    /// polling does not cost the assignment.
+    fn pause(&self, failures: u32) {
+        let pause = Duration::from_millis(100 * u64::from(failures.min(50)));
+        let deadline = Instant::now() + pause;
+        while Instant::now() < deadline && !self.stop.is_cancelled() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Marks partitions whose messages were read but not applied.
+    fn mark_lost(&self, partitions: &[i32]) {
+        let mut positions = self.context().positions.lock().expect("positions lock");
+        for partition in partitions {
+            if let Some(position) = positions.get_mut(partition) {
+                position.fetch = Fetch::Lost;
+            }
+        }
     }
 
     fn context(&self) -> &ProjectorContext {
@@ -409,6 +541,8 @@ impl ConsumeLoop {
     }
 
     /// Applies a batch and stores the offsets after it, in one transaction.
+    /// A partition whose messages do not start where its stored offsets say
+    /// is left out of the batch and marked for a seek back.
     fn apply(&self, mut batch: Vec<Pending>) -> Result<(), BatchError> {
         let expected: Positions = self
             .context()
@@ -421,11 +555,12 @@ impl ConsumeLoop {
         batch.retain(|m| {
             expected
                 .get(&m.partition)
-                .is_some_and(|next| next.is_none_or(|n| m.offset >= n))
+                .is_some_and(|position| position.next.is_none_or(|n| m.offset >= n))
         });
-        if batch.is_empty() {
-            return Ok(());
-        }
+        // A rebalance while gathering can hand the same messages over again;
+        // each is applied, and counted in the audit, once.
+        let mut seen = HashSet::with_capacity(batch.len());
+        batch.retain(|m| seen.insert((m.partition, m.offset)));
         let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let mut first_offsets: BTreeMap<i32, i64> = BTreeMap::new();
         for m in &batch {
@@ -434,15 +569,40 @@ impl ConsumeLoop {
             let first = first_offsets.entry(m.partition).or_insert(m.offset);
             *first = (*first).min(m.offset);
         }
-        // A partition that jumped past its next offset may have lost messages
-        // (the consumer resets to the low watermark when its position is gone).
-        for (partition, first) in &first_offsets {
-            if let Some(Some(next)) = expected.get(partition)
-                && first > next
-            {
-                self.context()
-                    .check_for_gap(&self.consumer, *partition, *next);
+        let mut refused = Vec::new();
+        for (&partition, &first) in &first_offsets {
+            let start = check_start(expected[&partition], first, || {
+                self.context().low_watermark(&self.consumer, partition)
+            });
+            match start {
+                Start::Contiguous => {}
+                Start::Gap { next, low } => self.context().record_gap(partition, next, low),
+                Start::AwaitingRewind => refused.push(partition),
+                Start::Skipped { next, first } => {
+                    tracing::error!(
+                        partition,
+                        next,
+                        first,
+                        "a batch did not start at the stored offset; refusing it and seeking back"
+                    );
+                    self.context().metrics.batches_refused.inc();
+                    refused.push(partition);
+                }
             }
+        }
+        if !refused.is_empty() {
+            batch.retain(|m| !refused.contains(&m.partition));
+            for partition in &refused {
+                next_offsets.remove(partition);
+            }
+            self.mark_lost(&refused);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut applied_counts: BTreeMap<i32, i64> = BTreeMap::new();
+        for m in &batch {
+            *applied_counts.entry(m.partition).or_default() += 1;
         }
         let events: Vec<IncomingEvent> = batch.into_iter().filter_map(|m| m.event).collect();
         let started = Instant::now();
@@ -466,7 +626,7 @@ impl ConsumeLoop {
             .await?;
             let stored: HashMap<i32, i64> = stored.into_iter().map(|r| (r.partition, r.next_offset)).collect();
             for &partition in &partitions {
-                let expected_next = expected.get(&partition).copied().flatten();
+                let expected_next = expected.get(&partition).and_then(|position| position.next);
                 if stored.get(&partition).copied() != expected_next {
                     return Err(BatchError::Fenced { partition, stored: stored.get(&partition).copied(), expected: expected_next });
                 }
@@ -478,15 +638,25 @@ impl ConsumeLoop {
             );
             changes::notify(&mut tx, &notifications).await?;
             let offsets: Vec<i64> = partitions.iter().map(|p| next_offsets[p]).collect();
+            let firsts: Vec<i64> = partitions.iter().map(|p| first_offsets[p]).collect();
+            let counts: Vec<i64> = partitions.iter().map(|p| applied_counts[p]).collect();
+            // The audit (first_offset, messages_applied) moves with the position.
             sqlx::query!(
-                "insert into projector_offsets (consumer_group, topic, partition, next_offset)
-                 select $1, $2, partition, next_offset from unnest($3::int4[], $4::int8[]) as u(partition, next_offset)
+                "insert into projector_offsets
+                     (consumer_group, topic, partition, next_offset, first_offset, messages_applied)
+                 select $1, $2, partition, next_offset, first_offset, applied
+                 from unnest($3::int4[], $4::int8[], $5::int8[], $6::int8[])
+                     as u(partition, next_offset, first_offset, applied)
                  on conflict (consumer_group, topic, partition)
-                 do update set next_offset = excluded.next_offset, updated_at = now()",
+                 do update set next_offset = excluded.next_offset,
+                     messages_applied = projector_offsets.messages_applied + excluded.messages_applied,
+                     updated_at = now()",
                 context.group,
                 context.topic,
                 &partitions,
-                &offsets
+                &offsets,
+                &firsts,
+                &counts
             )
             .execute(&mut *tx)
             .await?;
@@ -501,7 +671,10 @@ impl ConsumeLoop {
             for (partition, next) in &next_offsets {
                 // Only if still assigned: a rebalance during the batch cleared it.
                 if let Some(position) = positions.get_mut(partition) {
-                    *position = Some(*next);
+                    *position = Position {
+                        next: Some(*next),
+                        fetch: Fetch::Following,
+                    };
                 }
             }
         }
@@ -559,34 +732,33 @@ impl ConsumeLoop {
         }
     }
 
-    /// After a failed batch: reload stored positions and seek every assigned
-    /// partition back to them, so nothing is skipped.
-    fn rewind(&self) {
+    /// Seeks every lost partition back to its stored offset. Fails if the
+    /// offsets cannot be read or a seek fails; the partitions not sought stay
+    /// lost, and the caller tries again before their messages can be applied.
+    fn rewind(&self) -> anyhow::Result<()> {
         let context = self.context();
-        let partitions: Vec<i32> = context
+        let lost: Vec<i32> = context
             .positions
             .lock()
             .expect("positions lock")
-            .keys()
-            .copied()
+            .iter()
+            .filter(|(_, position)| position.fetch == Fetch::Lost)
+            .map(|(&partition, _)| partition)
             .collect();
-        if partitions.is_empty() {
-            return;
+        if lost.is_empty() {
+            return Ok(());
         }
-        let stored = match context.runtime.block_on(load_offsets(
-            &context.pool,
-            &context.group,
-            &context.topic,
-            &partitions,
-        )) {
-            Ok(stored) => stored,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot reload offsets; will retry");
-                return;
-            }
-        };
-        let mut positions = context.positions.lock().expect("positions lock");
-        for partition in partitions {
+        let stored = context
+            .runtime
+            .block_on(load_offsets(
+                &context.pool,
+                &context.group,
+                &context.topic,
+                &lost,
+            ))
+            .context("cannot reload the stored offsets")?;
+        let mut unsought = Vec::new();
+        for partition in lost {
             let next = stored.get(&partition).copied();
             let offset = next.map_or(Offset::Beginning, Offset::Offset);
             match self
@@ -594,13 +766,24 @@ impl ConsumeLoop {
                 .seek(&context.topic, partition, offset, Duration::from_secs(5))
             {
                 Ok(()) => {
+                    let mut positions = context.positions.lock().expect("positions lock");
+                    // A rebalance cannot happen between the read and here (it
+                    // runs inside poll), but the partition may be gone already.
                     if let Some(position) = positions.get_mut(&partition) {
-                        *position = next;
+                        *position = Position::placed_at(next);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, partition, "cannot seek; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, partition, "cannot seek");
+                    unsought.push(partition);
+                }
             }
         }
+        anyhow::ensure!(
+            unsought.is_empty(),
+            "cannot seek partitions {unsought:?} back"
+        );
+        Ok(())
     }
 }
 
@@ -620,4 +803,76 @@ pub(crate) fn event_from_message(message: &impl Message) -> Option<IncomingEvent
         webhook_id: header_text(header::WEBHOOK_ID).unwrap_or_default(),
         body: message.payload().unwrap_or_default().to_vec(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Fetch, Position, Start, check_start};
+
+    fn at(next: Option<i64>, fetch: Fetch) -> Position {
+        Position { next, fetch }
+    }
+
+    fn no_watermark() -> Option<i64> {
+        panic!("the watermark is only read when the first offset is past next")
+    }
+
+    #[test]
+    fn a_lost_partition_is_never_applied_whatever_its_offsets() {
+        for first in [0, 10, 11, 500] {
+            assert_eq!(
+                check_start(at(Some(10), Fetch::Lost), first, || Some(0)),
+                Start::AwaitingRewind
+            );
+        }
+        assert_eq!(
+            check_start(at(None, Fetch::Lost), 0, no_watermark),
+            Start::AwaitingRewind
+        );
+    }
+
+    #[test]
+    fn following_on_must_start_exactly_at_next() {
+        let following = at(Some(10), Fetch::Following);
+        assert_eq!(check_start(following, 10, no_watermark), Start::Contiguous);
+        assert_eq!(
+            check_start(following, 14, || Some(3)),
+            Start::Skipped {
+                next: 10,
+                first: 14
+            }
+        );
+        // A low watermark at next still holds message 10: it was passed over.
+        assert_eq!(
+            check_start(following, 14, || Some(10)),
+            Start::Skipped {
+                next: 10,
+                first: 14
+            }
+        );
+        // A broker that cannot say is no proof of a gap.
+        assert_eq!(
+            check_start(following, 14, || None),
+            Start::Skipped {
+                next: 10,
+                first: 14
+            }
+        );
+        assert_eq!(
+            check_start(following, 14, || Some(12)),
+            Start::Gap { next: 10, low: 12 }
+        );
+    }
+
+    #[test]
+    fn a_partition_just_placed_takes_the_first_message_the_broker_has() {
+        assert_eq!(
+            check_start(at(Some(10), Fetch::AtNext), 12, no_watermark),
+            Start::Contiguous
+        );
+        assert_eq!(
+            check_start(at(None, Fetch::AtNext), 7, no_watermark),
+            Start::Contiguous
+        );
+    }
 }

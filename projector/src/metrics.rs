@@ -81,6 +81,12 @@ pub struct ProjectorMetrics {
     pub batch_errors: IntCounter,
     /// Messages without the headers the projector needs (not from hookstream's relay).
     pub foreign_messages: IntCounter,
+    /// Attempts to seek partitions back to their stored offsets that failed
+    /// (the offsets could not be read, or the seek itself failed).
+    pub rewind_errors: IntCounter,
+    /// Batches refused before applying because a partition did not start at
+    /// its stored offset.
+    pub batches_refused: IntCounter,
     /// Read API requests by route and status.
     pub api_requests: IntCounterVec,
     /// Read API latency by route.
@@ -136,6 +142,16 @@ impl ProjectorMetrics {
             "Messages skipped for lacking hookstream's seq header",
         )
         .expect("metric");
+        let rewind_errors = IntCounter::new(
+            "rewind_errors_total",
+            "Failed attempts to seek partitions back to their stored offsets",
+        )
+        .expect("metric");
+        let batches_refused = IntCounter::new(
+            "batches_refused_total",
+            "Batches refused because a partition did not start at its stored offset",
+        )
+        .expect("metric");
         let api_requests = IntCounterVec::new(
             Opts::new(
                 "api_requests_total",
@@ -183,6 +199,8 @@ impl ProjectorMetrics {
             Box::new(failures.clone()),
             Box::new(batch_errors.clone()),
             Box::new(foreign_messages.clone()),
+            Box::new(rewind_errors.clone()),
+            Box::new(batches_refused.clone()),
             Box::new(api_requests.clone()),
             Box::new(api_seconds.clone()),
         ] {
@@ -198,6 +216,8 @@ impl ProjectorMetrics {
             failures,
             batch_errors,
             foreign_messages,
+            rewind_errors,
+            batches_refused,
             api_requests,
             api_seconds,
             cache_hits,

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use hookstream_projector::projection::{IncomingEvent, dump, generation};
 use hookstream_projector::rebuild::DEFAULT_MEMORY_BUDGET;
-use hookstream_projector::{Application, ProjectorConfig};
+use hookstream_projector::{Application, ProjectorConfig, consumer};
 use hookstream_shared::config::Settings;
 use hookstream_shared::envelope;
 use hookstream_shared::kafka::EmbeddedKafka;
@@ -146,8 +146,11 @@ async fn wait_consumed(pool: &PgPool, topic: &str, count: usize, within: Duratio
     }
 }
 
-/// The live generation equals in-order application of `events`.
-async fn assert_live_equals_in_order(pool: &PgPool, events: &[IncomingEvent]) {
+/// The live generation equals in-order application of `events`, and the
+/// consumer's audit shows no message passed over.
+async fn assert_live_equals_in_order(pool: &PgPool, topic: &str, events: &[IncomingEvent]) {
+    let passed_over = consumer::messages_passed_over(pool, topic).await.unwrap();
+    assert_eq!(passed_over, 0, "messages passed over without being applied");
     let reference = generation::create(pool, "test").await.unwrap();
     apply_into(pool, &reference, events, 1).await;
     let expected = dump::dump(&mut pool.acquire().await.unwrap(), &reference)
@@ -174,7 +177,7 @@ async fn consumes_the_topic_into_the_projections(pool: PgPool) {
     let running = start(&pool, config(&topic, &[])).await;
     wait_consumed(&pool, &topic.name, events.len(), Duration::from_secs(60)).await;
     running.stop().await;
-    assert_live_equals_in_order(&pool, events).await;
+    assert_live_equals_in_order(&pool, &topic.name, events).await;
 }
 
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
@@ -209,7 +212,57 @@ async fn failed_transactions_neither_skip_nor_double_apply(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    assert_live_equals_in_order(&pool, events).await;
+    assert_live_equals_in_order(&pool, &topic.name, events).await;
+}
+
+/// The fault of issue 11: a batch fails, and so does the reload of the
+/// offsets meant to rewind it; then the database is back. The consumer's fetch
+/// position is past the failed batch, so applying what comes next would skip
+/// it for good while every offset looked consumed.
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn a_batch_whose_rewind_failed_is_still_applied_before_anything_after_it(pool: PgPool) {
+    let topic = topic();
+    let events = polarsim_stream();
+    let third = events.len() / 3;
+    let (before, rest) = events.split_at(third);
+    let (during, after) = rest.split_at(third);
+    publish(&topic, before).await;
+    let app = Application::build_with_pool(
+        config(&topic, &[("PROJECTOR_BATCH_SIZE", "50")]),
+        pool.clone(),
+    )
+    .await
+    .unwrap();
+    let metrics = app.metrics();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    wait_consumed(&pool, &topic.name, before.len(), Duration::from_secs(60)).await;
+
+    // Hidden, the offsets table fails both the batch and the reload.
+    sqlx::raw_sql("alter table projector_offsets rename to projector_offsets_hidden")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (failed_batches, failed_rewinds) =
+        (metrics.batch_errors.get(), metrics.rewind_errors.get());
+    publish(&topic, during).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metrics.batch_errors.get() == failed_batches
+        || metrics.rewind_errors.get() == failed_rewinds
+    {
+        assert!(Instant::now() < deadline, "the fault never struck");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Back at once: the very next attempt can commit.
+    sqlx::raw_sql("alter table projector_offsets_hidden rename to projector_offsets")
+        .execute(&pool)
+        .await
+        .unwrap();
+    publish(&topic, after).await;
+    wait_consumed(&pool, &topic.name, events.len(), Duration::from_secs(60)).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_live_equals_in_order(&pool, &topic.name, events).await;
 }
 
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
@@ -268,7 +321,7 @@ async fn a_projector_killed_mid_stream_resumes_exactly_where_it_committed(pool: 
     wait_consumed(&pool, &topic.name, events.len(), Duration::from_secs(120)).await;
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_live_equals_in_order(&pool, events).await;
+    assert_live_equals_in_order(&pool, &topic.name, events).await;
 }
 
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
@@ -285,7 +338,7 @@ async fn two_replicas_share_the_partitions_and_one_takes_over_when_the_other_lea
     publish(&topic, rest).await;
     wait_consumed(&pool, &topic.name, events.len(), Duration::from_secs(60)).await;
     b.stop().await;
-    assert_live_equals_in_order(&pool, events).await;
+    assert_live_equals_in_order(&pool, &topic.name, events).await;
 }
 
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
@@ -481,5 +534,5 @@ async fn a_replay_from_kafka_while_the_consumer_runs_switches_without_losing_an_
         generation::live(&pool).await.unwrap().unwrap(),
         summary.generation
     );
-    assert_live_equals_in_order(&pool, events).await;
+    assert_live_equals_in_order(&pool, &topic.name, events).await;
 }

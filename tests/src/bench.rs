@@ -86,7 +86,22 @@ impl Service {
             "RUST_LOG",
             std::env::var("SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
         );
-        command.stdout(Stdio::null());
+        // Services log to stdout: dropped, unless SERVICE_LOG_DIR asks for
+        // one file per binary (appended across restarts), to read after a run.
+        match std::env::var_os("SERVICE_LOG_DIR") {
+            Some(dir) => {
+                let path = PathBuf::from(dir).join(format!("{binary}.log"));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                command.stdout(file);
+            }
+            None => {
+                command.stdout(Stdio::null());
+            }
+        }
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", path.display()))?;

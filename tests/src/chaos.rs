@@ -1,7 +1,13 @@
 //! The crash-and-outage run behind RELIABILITY.md: the real service binaries
 //! under a polarsim stream that retries like Polar, while ingest and the
 //! projectors are `kill -9`ed, Postgres crashes and comes back, and the broker
-//! goes away for a while. Afterwards every guarantee is checked from the
+//! goes away for a while, and connection storms strike at random moments:
+//! `pg_terminate_backend` on single backends of the services, and blackouts
+//! in which a proxy between the projectors and Postgres cuts every connection
+//! and refuses new ones for up to a second. So a failed statement
+//! can be followed by another failure, or by a success, on the next
+//! connection: the window in which a failed batch's rewind also fails.
+//! Afterwards every guarantee is checked from the
 //! outside: every webhook acknowledged is in the log exactly once and was
 //! published, Polar's SDK reads the true state, and the projections equal a
 //! fresh rebuild from the log.
@@ -27,6 +33,7 @@ use hookstream_shared::config::Secret;
 
 pub use crate::bench::BrokerChoice;
 use crate::bench::{Broker, FreshDatabase, Service, connect, free_port, get, sibling_binary};
+use crate::fault_proxy::FaultProxy;
 use crate::postgres::PrivatePostgres;
 use crate::{generate, polarsim_command, read_events};
 
@@ -48,6 +55,10 @@ pub struct ChaosPlan {
     pub postgres_restarts: u32,
     /// Times the broker becomes unreachable for a few seconds.
     pub broker_outages: u32,
+    /// Storms of a few seconds in which the services' Postgres connections
+    /// are terminated at random moments (one backend, or all of a
+    /// service's), or the projectors' are blacked out at the proxy.
+    pub connection_storms: u32,
     /// Longest pause between two disruptions (random below it).
     pub max_pause: Duration,
     pub seed: u64,
@@ -71,6 +82,11 @@ pub struct ChaosReport {
     pub broker_outages: u32,
     /// Webhooks acknowledged while the broker was unreachable.
     pub accepted_while_broker_down: u32,
+    pub connection_storms: u32,
+    /// Backends `pg_terminate_backend` ended during the storms.
+    pub backends_terminated: u64,
+    /// Blackouts of the projectors' connections during the storms.
+    pub blackouts: u64,
     /// From the start of the stream to the end of the last disruption.
     pub disruptions_took: Duration,
     /// From the start of the stream to its last answer.
@@ -79,6 +95,10 @@ pub struct ChaosReport {
     pub lost: usize,
     pub logged_twice: usize,
     pub unpublished: i64,
+    /// Messages the projectors' stored positions passed without applying
+    /// them, from their exactly-once audit. A skip that later versions of the
+    /// same objects overwrite shows here, and nowhere else.
+    pub passed_over: i64,
     pub polarsim_verify: String,
     pub polarsim_verify_passed: bool,
     pub drift: String,
@@ -92,9 +112,11 @@ impl ChaosReport {
             && self.kills_ingest + self.kills_projector == plan.kills
             && self.postgres_restarts == plan.postgres_restarts
             && self.broker_outages == plan.broker_outages
+            && self.connection_storms == plan.connection_storms
             && self.lost == 0
             && self.logged_twice == 0
             && self.unpublished == 0
+            && self.passed_over == 0
             && self.polarsim_verify_passed
             && self.drift_passed
     }
@@ -123,8 +145,16 @@ impl ChaosReport {
             self.broker_outages, self.accepted_while_broker_down
         );
         println!(
+            "  connection storms: {} ({} Postgres backends of ingest and the projectors terminated, {} blackouts of the projectors' connections)",
+            self.connection_storms, self.backends_terminated, self.blackouts
+        );
+        println!(
             "  log: lost {}, logged twice {}, unpublished {}",
             self.lost, self.logged_twice, self.unpublished
+        );
+        println!(
+            "  projectors: messages passed over without being applied {}",
+            self.passed_over
         );
         println!("  polarsim verify: {}", self.polarsim_verify);
         println!("  projector verify: {}", self.drift);
@@ -136,6 +166,7 @@ enum Disruption {
     Kill,
     PostgresRestart,
     BrokerOutage,
+    ConnectionStorm,
 }
 
 /// Runs the plan. Errors are failures of the harness itself; what the run
@@ -161,9 +192,25 @@ pub async fn run(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
         ("INGEST_LISTEN", format!("127.0.0.1:{ingest_port}")),
         ("RELAY_SWEEP_AFTER_MS", "1000".to_owned()),
     ];
+    // The projectors reach Postgres through the proxy, so their connections
+    // can be taken away without touching ingest's.
+    let proxy = FaultProxy::start(postgres.address()).await?;
+    let projector_database_url = database.url.replacen(
+        &postgres.address().to_string(),
+        &format!("127.0.0.1:{}", proxy.port()),
+        1,
+    );
+    anyhow::ensure!(
+        projector_database_url != database.url,
+        "the database URL does not name the server's address"
+    );
     let projector_env = |port: u16| -> Vec<(&str, String)> {
         vec![
-            ("DATABASE_URL", database.url.clone()),
+            ("DATABASE_URL", projector_database_url.clone()),
+            // A pool keeps trying to connect until its acquire timeout, so
+            // with the default (2 s) a blackout only delays a query. A short
+            // one lets a blackout fail one query and spare the next.
+            ("DATABASE_ACQUIRE_TIMEOUT_MS", "250".to_owned()),
             ("KAFKA_BROKERS", broker.bootstrap_servers()),
             ("PROJECTOR_API_TOKENS", TOKEN.to_owned()),
             ("PROJECTOR_LISTEN", format!("127.0.0.1:{port}")),
@@ -215,6 +262,9 @@ pub async fn run(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
         ..ChaosReport::default()
     };
     let mut probes = Probes::new(&ingest_authority);
+    // The harness's own connection: its application name is none of the
+    // services', so a storm never cuts it.
+    let control = sqlx::PgPool::connect(&database.url).await?;
     let started = Instant::now();
     for disruption in schedule {
         if sender.try_wait()?.is_some() {
@@ -268,8 +318,15 @@ pub async fn run(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
                 broker.set_reachable(true)?;
                 report.broker_outages += 1;
             }
+            Disruption::ConnectionStorm => {
+                let storm = connection_storm(&control, &proxy, &mut random).await?;
+                report.backends_terminated += storm.terminated;
+                report.blackouts += storm.blackouts;
+                report.connection_storms += 1;
+            }
         }
     }
+    control.close().await;
     report.disruptions_took = started.elapsed();
     let sent = tokio::task::spawn_blocking(move || sender.wait()).await??;
     report.elapsed = started.elapsed();
@@ -284,6 +341,8 @@ pub async fn run(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
     let logged: Vec<String> = sqlx::query_scalar("select webhook_id from event_log")
         .fetch_all(&pool)
         .await?;
+    // An invariant of the stored positions at every moment, caught up or not.
+    report.passed_over = hookstream_projector::consumer::messages_passed_over(&pool, TOPIC).await?;
     pool.close().await;
     let logged_set: BTreeSet<&str> = logged.iter().map(String::as_str).collect();
     report.lost = events
@@ -319,6 +378,7 @@ pub async fn run(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
 
     drop(ingest);
     drop(projectors);
+    drop(proxy);
     drop(broker);
     Ok(report)
 }
@@ -334,12 +394,72 @@ fn shuffled_schedule(plan: &ChaosPlan, random: &mut XorShift) -> Vec<Disruption>
             Disruption::BrokerOutage,
             plan.broker_outages as usize,
         ))
+        .chain(std::iter::repeat_n(
+            Disruption::ConnectionStorm,
+            plan.connection_storms as usize,
+        ))
         .collect();
     for i in (1..schedule.len()).rev() {
         let j = (random.next_u64() % (i as u64 + 1)) as usize;
         schedule.swap(i, j);
     }
     schedule
+}
+
+/// Application names the services give their connections (`db::connect_and_migrate`).
+const SERVICE_CONNECTIONS: [&str; 2] = ["hookstream-projector", "hookstream-ingest"];
+
+/// What one storm did.
+struct Storm {
+    terminated: u64,
+    blackouts: u64,
+}
+
+/// For 2 to 4 seconds, every 10 to 150 ms: one time in three, blacks out the
+/// projectors' connections for 200 to 1200 ms; otherwise terminates one random
+/// backend of a service or, one time in four, all of that service's backends.
+/// The point is faults that hit one statement and then the next, or not: a
+/// batch fails, its rewind fails too, and the commit after succeeds.
+async fn connection_storm(
+    control: &sqlx::PgPool,
+    proxy: &FaultProxy,
+    random: &mut XorShift,
+) -> anyhow::Result<Storm> {
+    let until = Instant::now() + Duration::from_millis(2000 + random.next_u64() % 2000);
+    let mut storm = Storm {
+        terminated: 0,
+        blackouts: 0,
+    };
+    while Instant::now() < until {
+        if random.next_u64().is_multiple_of(3) {
+            let blackout = Duration::from_millis(200 + random.next_u64() % 1000);
+            proxy.black_out(blackout);
+            storm.blackouts += 1;
+            tokio::time::sleep(blackout).await;
+            continue;
+        }
+        let service = SERVICE_CONNECTIONS[(random.next_u64() % 2) as usize];
+        let all = random.next_u64().is_multiple_of(4);
+        let pick = i64::try_from(random.next_u64() % 1000).unwrap_or(0);
+        let ended: i64 = sqlx::query_scalar(
+            "with backends as (
+                 select pid, row_number() over (order by pid) - 1 as n, count(*) over () as total
+                 from pg_stat_activity
+                 where datname = current_database() and application_name = $1
+             )
+             select count(*) filter (where pg_terminate_backend(pid))
+             from backends where $2 or n = $3 % greatest(total, 1)",
+        )
+        .bind(service)
+        .bind(all)
+        .bind(pick)
+        .fetch_one(control)
+        .await
+        .context("cannot terminate the services' backends")?;
+        storm.terminated += u64::try_from(ended).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(10 + random.next_u64() % 140)).await;
+    }
+    Ok(storm)
 }
 
 /// Waits for the outbox to empty; returns what is still unpublished.

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod chaos;
+pub mod fault_proxy;
 pub mod postgres;
 
 use std::path::{Path, PathBuf};

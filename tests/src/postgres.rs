@@ -74,6 +74,11 @@ impl PrivatePostgres {
         Ok(server)
     }
 
+    /// The address the server listens on.
+    pub fn address(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// The server's URL without a database, for [`crate::bench::FreshDatabase`].
     pub fn server_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}", self.port)

@@ -84,6 +84,10 @@ struct ChaosArgs {
     /// Times the broker becomes unreachable for 2 to 5 seconds.
     #[arg(long, default_value_t = 3)]
     broker_outages: u32,
+    /// Storms of 2 to 4 seconds of `pg_terminate_backend` on the services'
+    /// connections at random moments.
+    #[arg(long, default_value_t = 10)]
+    connection_storms: u32,
     /// Longest pause between two disruptions, in milliseconds (the pause is random below it).
     #[arg(long, default_value_t = 1500)]
     max_pause_ms: u64,
@@ -1188,6 +1192,7 @@ async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
         kills: args.kills,
         postgres_restarts: args.postgres_restarts,
         broker_outages: args.broker_outages,
+        connection_storms: args.connection_storms,
         max_pause: Duration::from_millis(args.max_pause_ms),
         seed: args.seed,
         broker: match args.tansu {
@@ -1197,7 +1202,7 @@ async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
     };
     println!(
-        "chaos against {}: {} customers at {}/s with 20% duplicates and reordering; {} kill -9s, {} Postgres crashes, {} broker outages",
+        "chaos against {}: {} customers at {}/s with 20% duplicates and reordering; {} kill -9s, {} Postgres crashes, {} broker outages, {} connection storms",
         match &plan.broker {
             BrokerChoice::Mock => "the mock broker".to_owned(),
             BrokerChoice::Tansu { binary } => binary.display().to_string(),
@@ -1206,7 +1211,8 @@ async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
         plan.rate,
         plan.kills,
         plan.postgres_restarts,
-        plan.broker_outages
+        plan.broker_outages,
+        plan.connection_storms
     );
     let report = hookstream_tests::chaos::run(&plan).await?;
     println!("  events in the stream: {}", report.events);

@@ -425,6 +425,7 @@ async fn connection_storm(
     proxy: &FaultProxy,
     random: &mut XorShift,
 ) -> anyhow::Result<Storm> {
+    wait_until_applying(control).await?;
     let until = Instant::now() + Duration::from_millis(2000 + random.next_u64() % 2000);
     let mut storm = Storm {
         terminated: 0,
@@ -460,6 +461,28 @@ async fn connection_storm(
         tokio::time::sleep(Duration::from_millis(10 + random.next_u64() % 140)).await;
     }
     Ok(storm)
+}
+
+/// Waits (up to 15 s) until the projectors' stored offsets move, so a storm
+/// strikes batches being applied rather than a consumer group that is still
+/// rebalancing after a kill, when no batch runs and no rewind can fail.
+async fn wait_until_applying(control: &sqlx::PgPool) -> anyhow::Result<()> {
+    let consumed = || async {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "select sum(next_offset)::bigint from projector_offsets",
+        )
+        .fetch_one(control)
+        .await
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let before = consumed().await?;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if consumed().await? != before {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// Waits for the outbox to empty; returns what is still unpublished.

@@ -90,3 +90,67 @@ async fn accept(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// An upstream that echoes what it reads.
+    async fn echo_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 64];
+                    while let Ok(n) = socket.read(&mut buffer).await {
+                        if n == 0 || socket.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    /// Whether a round trip through `stream` still works.
+    async fn echoes(stream: &mut TcpStream) -> bool {
+        if stream.write_all(b"ping").await.is_err() {
+            return false;
+        }
+        let mut buffer = [0u8; 4];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut buffer)).await,
+            Ok(Ok(_))
+        ) && &buffer == b"ping"
+    }
+
+    #[tokio::test]
+    async fn a_blackout_cuts_open_connections_and_refuses_new_ones_until_it_ends() {
+        let proxy = FaultProxy::start(echo_server().await).await.unwrap();
+        let address = format!("127.0.0.1:{}", proxy.port());
+        let mut open = TcpStream::connect(&address).await.unwrap();
+        assert!(echoes(&mut open).await, "the proxy forwards");
+
+        proxy.black_out(Duration::from_millis(400));
+        assert!(
+            !echoes(&mut open).await,
+            "an open connection survived the cut"
+        );
+        let mut during = TcpStream::connect(&address).await.unwrap();
+        assert!(
+            !echoes(&mut during).await,
+            "a new connection was let through"
+        );
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut after = TcpStream::connect(&address).await.unwrap();
+        assert!(
+            echoes(&mut after).await,
+            "still refusing after the blackout"
+        );
+    }
+}

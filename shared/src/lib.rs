@@ -11,6 +11,7 @@
 //!   embedded broker used locally and in tests.
 //! - [`http`]: the JSON error body and the health/metrics routes both services serve.
 //! - [`shutdown`]: one cancellation token, tripped by SIGTERM or SIGINT.
+//! - [`progress`]: a bar or plain lines for long commands (replay, reconcile).
 
 pub mod config;
 pub mod db;
@@ -18,5 +19,6 @@ pub mod envelope;
 pub mod event_log;
 pub mod http;
 pub mod kafka;
+pub mod progress;
 pub mod shutdown;
 pub mod telemetry;

@@ -10,7 +10,8 @@
 //! dropping generations an earlier, killed run left half-built.
 
 pub mod from_kafka;
-pub mod progress;
+/// Kept here for the rebuild commands' callers; the reporter lives in `shared`.
+pub use hookstream_shared::progress;
 pub mod replay;
 pub mod verify;
 

@@ -1,5 +1,6 @@
-//! Progress of a rebuild: a bar with rate and ETA on a terminal, a plain line
-//! every few seconds otherwise (logs, CI), nothing in tests.
+//! Progress of a long command (a replay, a reconcile): a bar with rate and
+//! ETA on a terminal, a plain line every few seconds otherwise (logs, CI),
+//! nothing in tests.
 
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
@@ -30,17 +31,26 @@ impl ProgressMode {
     }
 }
 
-/// Counts events applied and shows the count as `mode` says.
+/// Counts units of work done (events applied, objects scanned) and shows the
+/// count as `mode` says.
 #[derive(Debug)]
 pub struct ProgressReport {
     mode: ProgressMode,
     bar: ProgressBar,
+    /// What is counted, plural: `events`, `objects`.
+    unit: &'static str,
     started: Instant,
     last_line: Instant,
 }
 
 impl ProgressReport {
+    /// A report counting events.
     pub fn new(mode: ProgressMode, what: &str) -> Self {
+        Self::counting(mode, what, "events")
+    }
+
+    /// A report counting `unit` (plural).
+    pub fn counting(mode: ProgressMode, what: &str, unit: &'static str) -> Self {
         let bar = ProgressBar::with_draw_target(
             None,
             match mode {
@@ -50,9 +60,9 @@ impl ProgressReport {
         );
         if mode == ProgressMode::Bar {
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{msg} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events ({per_sec}, ETA {eta})",
-                )
+                ProgressStyle::with_template(&format!(
+                    "{{msg}} [{{elapsed_precise}}] {{wide_bar}} {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, ETA {{eta}})"
+                ))
                 .expect("the template is valid"),
             );
             bar.enable_steady_tick(Duration::from_millis(200));
@@ -62,19 +72,25 @@ impl ProgressReport {
         Self {
             mode,
             bar,
+            unit,
             started: now,
             last_line: now,
         }
     }
 
-    /// Sets how many events there are to apply (it grows while catching up).
+    /// Replaces the text shown before the count (what is being done now).
+    pub fn set_message(&self, what: &str) {
+        self.bar.set_message(what.to_owned());
+    }
+
+    /// Sets how many there are to do (it may grow as more is found).
     pub fn set_total(&self, total: u64) {
         self.bar.set_length(total.max(self.bar.position()));
     }
 
-    /// Records `events` more applied.
-    pub fn advance(&mut self, events: u64) {
-        self.bar.inc(events);
+    /// Records `done` more.
+    pub fn advance(&mut self, done: u64) {
+        self.bar.inc(done);
         if let ProgressMode::Lines { interval } = self.mode
             && self.last_line.elapsed() >= interval
         {
@@ -94,7 +110,7 @@ impl ProgressReport {
         }
     }
 
-    /// Events applied so far.
+    /// How many done so far.
     pub fn events(&self) -> u64 {
         self.bar.position()
     }
@@ -122,8 +138,9 @@ impl ProgressReport {
         } else {
             String::new()
         };
+        let unit = self.unit;
         format!(
-            "{}: {done}/{total} events, {seconds:.0} s, {rate:.0} events/s{eta}",
+            "{}: {done}/{total} {unit}, {seconds:.0} s, {rate:.0} {unit}/s{eta}",
             self.bar.message()
         )
     }

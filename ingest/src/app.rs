@@ -20,6 +20,7 @@ use crate::appender::Appender;
 use crate::config::IngestConfig;
 use crate::http::{AppState, Source, router};
 use crate::metrics::IngestMetrics;
+use crate::reconcile::periodic::PeriodicReconcile;
 use crate::relay::Relay;
 use crate::signature::{SigningKeys, Verifier};
 
@@ -31,6 +32,8 @@ pub struct Application {
     state: AppState,
     batcher: JoinHandle<()>,
     relay: Relay,
+    /// The periodic reconcile, when `INGEST_RECONCILE_INTERVAL` is set.
+    reconcile: Option<PeriodicReconcile>,
     config: IngestConfig,
     /// Whether the pool was made here (and so is closed here on shutdown).
     owns_pool: bool,
@@ -72,6 +75,17 @@ impl Application {
             config.relay.clone(),
             metrics.clone(),
         )?;
+        let reconcile = match &config.reconcile {
+            Some(schedule) => Some(PeriodicReconcile::new(
+                pool.clone(),
+                (*pool.connect_options())
+                    .clone()
+                    .application_name("hookstream-ingest-reconcile"),
+                schedule.clone(),
+                metrics.clone(),
+            )?),
+            None => None,
+        };
         let (appender, batcher) =
             Appender::start(pool.clone(), config.batch.clone(), metrics.clone(), fresh);
         let listener = TcpListener::bind(config.listen)
@@ -92,6 +106,7 @@ impl Application {
             state,
             batcher,
             relay,
+            reconcile,
             config,
             owns_pool: false,
         })
@@ -120,6 +135,7 @@ impl Application {
             state,
             batcher,
             relay,
+            reconcile,
             config,
             owns_pool,
         } = self;
@@ -127,6 +143,8 @@ impl Application {
         let pool = state.pool.clone();
         let relay_stop = CancellationToken::new();
         let relay_task = tokio::spawn(relay.run(relay_stop.clone(), config.shutdown_grace));
+        // A reconcile in progress stops between pages; what it appended stays.
+        let reconcile_task = reconcile.map(|r| tokio::spawn(r.run(shutdown.clone())));
 
         let app = router(state);
         axum::serve(no_delay(listener), app)
@@ -140,6 +158,11 @@ impl Application {
             .is_err()
         {
             tracing::warn!("batches still committing at the end of the grace period");
+        }
+        if let Some(task) = reconcile_task
+            && task.await.is_err()
+        {
+            tracing::error!("periodic reconcile panicked");
         }
         relay_stop.cancel();
         if relay_task.await.is_err() {

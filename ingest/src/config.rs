@@ -28,6 +28,166 @@ pub struct IngestConfig {
     /// `SHUTDOWN_GRACE_SECS` (20): how long shutdown waits for in-flight
     /// batches and the relay's last publish before giving up.
     pub shutdown_grace: Duration,
+    /// Periodic reconcile, when `INGEST_RECONCILE_INTERVAL` is set.
+    pub reconcile: Option<ReconcileSchedule>,
+}
+
+/// Reading Polar's REST API (reconcile), in the names Polar's SDKs use.
+#[derive(Debug, Clone)]
+pub struct PolarApiSettings {
+    /// `POLAR_ACCESS_TOKEN`: an organization access token. Never printed.
+    pub access_token: Secret,
+    /// `POLAR_API_URL`, else from `POLAR_SERVER` (`production`:
+    /// `https://api.polar.sh`, `sandbox`: `https://sandbox-api.polar.sh`).
+    pub base_url: String,
+    /// `POLAR_API_RATE_LIMIT` (450 in production, 90 in sandbox): requests a
+    /// minute at most, nine tenths of what Polar allows (500 and 100).
+    pub requests_per_minute: u32,
+    /// `POLAR_API_TIMEOUT_MS` (30000): one request's timeout.
+    pub timeout: Duration,
+    /// `POLAR_API_RETRY_SECS` (120): how long one request's transient
+    /// failures (5xx, timeouts, connection errors) are retried.
+    pub retry_for: Duration,
+    /// `POLAR_WEBHOOK_ENDPOINT_ID`: the webhook endpoint to watch; its
+    /// deliveries are the ones pulled, and the periodic mode checks that
+    /// Polar has not disabled it.
+    pub endpoint_id: Option<String>,
+}
+
+/// When the ingest service reconciles by itself.
+#[derive(Debug, Clone)]
+pub struct ReconcileSchedule {
+    /// `INGEST_RECONCILE_INTERVAL` (off): time between full scans, as
+    /// seconds or with a unit (`90s`, `30m`, `6h`). `0` or `off` disables.
+    pub interval: Duration,
+    /// `INGEST_ENDPOINT_CHECK_INTERVAL` (`60s`): how often the webhook
+    /// endpoint's state is read, when `POLAR_WEBHOOK_ENDPOINT_ID` is set.
+    pub endpoint_check: Duration,
+    pub polar: PolarApiSettings,
+}
+
+/// `ingest reconcile`: the database and Polar's API, nothing of the service.
+#[derive(Debug, Clone)]
+pub struct ReconcileCommandConfig {
+    pub database: DatabaseSettings,
+    pub polar: PolarApiSettings,
+    pub log: LogSettings,
+}
+
+impl ReconcileCommandConfig {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            database: DatabaseSettings::from_settings(settings)?,
+            polar: PolarApiSettings::from_settings(settings)?,
+            log: LogSettings::from_settings(settings)?,
+        })
+    }
+}
+
+impl PolarApiSettings {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let token = settings.get("POLAR_ACCESS_TOKEN")?.unwrap_or_default();
+        if token.trim().is_empty() {
+            return Err(ConfigError::new(
+                "POLAR_ACCESS_TOKEN",
+                "is required to read Polar's API: an organization access token (Polar: Settings → Developers)",
+            ));
+        }
+        let server = settings
+            .get("POLAR_SERVER")?
+            .unwrap_or_else(|| "production".to_owned());
+        let (server_url, default_rate) = match server.as_str() {
+            "production" => ("https://api.polar.sh", 450),
+            "sandbox" => ("https://sandbox-api.polar.sh", 90),
+            _ => {
+                return Err(ConfigError::new(
+                    "POLAR_SERVER",
+                    "must be `production` or `sandbox` (or set POLAR_API_URL)",
+                ));
+            }
+        };
+        let base_url = match settings.get("POLAR_API_URL")? {
+            Some(url) => {
+                let valid = (url.starts_with("https://") || url.starts_with("http://"))
+                    && reqwest::Url::parse(&url).is_ok_and(|u| u.host().is_some());
+                if !valid {
+                    return Err(ConfigError::new(
+                        "POLAR_API_URL",
+                        "must be an http:// or https:// URL with a host",
+                    ));
+                }
+                url
+            }
+            None => server_url.to_owned(),
+        };
+        let requests_per_minute = settings.positive_or("POLAR_API_RATE_LIMIT", default_rate)?;
+        let endpoint_id = settings.get("POLAR_WEBHOOK_ENDPOINT_ID")?;
+        if let Some(id) = &endpoint_id
+            && !(id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            return Err(ConfigError::new(
+                "POLAR_WEBHOOK_ENDPOINT_ID",
+                "must be the endpoint's id as Polar shows it (a UUID)",
+            ));
+        }
+        Ok(Self {
+            access_token: Secret::new(token.trim()),
+            base_url,
+            requests_per_minute: u32::try_from(requests_per_minute).unwrap_or(u32::MAX),
+            timeout: settings.millis_or("POLAR_API_TIMEOUT_MS", 30_000)?,
+            retry_for: settings.secs_or("POLAR_API_RETRY_SECS", 120)?,
+            endpoint_id,
+        })
+    }
+}
+
+impl ReconcileSchedule {
+    /// `None` unless `INGEST_RECONCILE_INTERVAL` turns it on; then the Polar
+    /// settings are required.
+    pub fn from_settings(settings: &Settings) -> Result<Option<Self>, ConfigError> {
+        let Some(interval) = duration_setting(settings, "INGEST_RECONCILE_INTERVAL")? else {
+            return Ok(None);
+        };
+        let endpoint_check = duration_setting(settings, "INGEST_ENDPOINT_CHECK_INTERVAL")?
+            .unwrap_or(Duration::from_secs(60));
+        Ok(Some(Self {
+            interval,
+            endpoint_check,
+            polar: PolarApiSettings::from_settings(settings)?,
+        }))
+    }
+}
+
+/// A duration written as seconds (`900`) or with a unit (`90s`, `30m`,
+/// `6h`, `1d`); unset, `0` and `off` are `None`.
+fn duration_setting(settings: &Settings, name: &str) -> Result<Option<Duration>, ConfigError> {
+    let Some(text) = settings.get(name)? else {
+        return Ok(None);
+    };
+    let text = text.trim();
+    if text == "0" || text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let seconds_per_unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if n > 0 && seconds_per_unit > 0 => Ok(Some(Duration::from_secs(
+            n.saturating_mul(seconds_per_unit),
+        ))),
+        _ => Err(ConfigError::new(
+            name,
+            "must be a duration such as 900, 90s, 30m, 6h or 1d (or off)",
+        )),
+    }
 }
 
 /// One webhook source.
@@ -132,6 +292,7 @@ impl IngestConfig {
             },
             log: LogSettings::from_settings(settings)?,
             shutdown_grace: settings.secs_or("SHUTDOWN_GRACE_SECS", 20)?,
+            reconcile: ReconcileSchedule::from_settings(settings)?,
         })
     }
 }
@@ -298,6 +459,54 @@ mod tests {
             ("DATABASE_URL", "http://x"),
         ] {
             let err = with(&[(name, value)]).unwrap_err();
+            assert_eq!(err.setting, name, "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn periodic_reconcile_is_off_by_default_and_needs_a_token_when_on() {
+        assert!(with(&[]).unwrap().reconcile.is_none());
+        assert!(
+            with(&[("INGEST_RECONCILE_INTERVAL", "off")])
+                .unwrap()
+                .reconcile
+                .is_none()
+        );
+        let err = with(&[("INGEST_RECONCILE_INTERVAL", "30m")]).unwrap_err();
+        assert_eq!(err.setting, "POLAR_ACCESS_TOKEN");
+        let c = with(&[
+            ("INGEST_RECONCILE_INTERVAL", "30m"),
+            ("POLAR_ACCESS_TOKEN", "polar_oat_secret_value"),
+            ("POLAR_SERVER", "sandbox"),
+        ])
+        .unwrap();
+        let schedule = c.reconcile.unwrap();
+        assert_eq!(schedule.interval, Duration::from_secs(1800));
+        assert_eq!(schedule.endpoint_check, Duration::from_secs(60));
+        assert_eq!(schedule.polar.base_url, "https://sandbox-api.polar.sh");
+        assert_eq!(schedule.polar.requests_per_minute, 90);
+        assert!(!format!("{schedule:?}").contains("polar_oat_secret_value"));
+    }
+
+    #[test]
+    fn each_bad_polar_api_setting_is_named() {
+        for (name, value) in [
+            ("INGEST_RECONCILE_INTERVAL", "soon"),
+            ("INGEST_RECONCILE_INTERVAL", "5w"),
+            ("INGEST_ENDPOINT_CHECK_INTERVAL", "-1"),
+            ("POLAR_SERVER", "staging"),
+            ("POLAR_API_URL", "api.polar.sh"),
+            ("POLAR_API_RATE_LIMIT", "0"),
+            ("POLAR_API_TIMEOUT_MS", "soon"),
+            ("POLAR_API_RETRY_SECS", "-5"),
+            ("POLAR_WEBHOOK_ENDPOINT_ID", "not an id!"),
+        ] {
+            let err = with(&[
+                ("INGEST_RECONCILE_INTERVAL", "1h"),
+                ("POLAR_ACCESS_TOKEN", "t"),
+                (name, value),
+            ])
+            .unwrap_err();
             assert_eq!(err.setting, name, "{name}={value}: {err}");
         }
     }

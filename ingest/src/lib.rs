@@ -5,6 +5,9 @@
 //! [`hookstream_shared::envelope`] (type, time, key) → [`appender`] (group
 //! commit into the event log) → answer. Independently, [`relay`] publishes
 //! committed rows to Kafka. [`app`] wires them into one service.
+//!
+//! [`reconcile`] reads Polar's REST API into the same event log, for what
+//! webhooks never brought: `ingest reconcile`, or periodically in the service.
 
 pub mod app;
 pub mod appender;
@@ -12,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod reconcile;
 pub mod relay;
 pub mod signature;
 

@@ -39,6 +39,90 @@ pub struct IngestMetrics {
     pub relay_swept: IntCounter,
     /// Events Kafka did not acknowledge (retried later).
     pub relay_publish_errors: IntCounter,
+    pub reconcile: ReconcileMetrics,
+}
+
+/// The periodic reconcile (`INGEST_RECONCILE_INTERVAL`).
+#[derive(Debug, Clone)]
+pub struct ReconcileMetrics {
+    /// 1 while this replica leads the periodic reconcile.
+    pub leader: IntGauge,
+    /// Finished runs by outcome (`ok`, `failed`).
+    pub runs: IntCounterVec,
+    /// Objects read from Polar's lists.
+    pub objects_seen: IntCounter,
+    /// Events a run added to the log (scan and deliveries).
+    pub events_appended: IntCounter,
+    /// Customers recorded as deleted (absent from Polar's list, 404 alone).
+    pub customers_removed: IntCounter,
+    /// `429`s from Polar (each waited out).
+    pub rate_limited: IntCounter,
+    /// Unix time of the last successful run's end.
+    pub last_success: Gauge,
+    /// The webhook endpoint as last read: 1 enabled, 0 disabled by Polar,
+    /// -1 unknown (not configured, or not read yet).
+    pub endpoint_enabled: IntGauge,
+}
+
+impl ReconcileMetrics {
+    fn new(registry: &Registry) -> Self {
+        let metrics = Self {
+            leader: IntGauge::new(
+                "reconcile_leader",
+                "1 while this replica leads the periodic reconcile",
+            )
+            .expect("metric"),
+            runs: IntCounterVec::new(
+                Opts::new("reconcile_runs_total", "Reconcile runs by outcome"),
+                &["outcome"],
+            )
+            .expect("metric"),
+            objects_seen: IntCounter::new(
+                "reconcile_objects_seen_total",
+                "Objects read from Polar's lists",
+            )
+            .expect("metric"),
+            events_appended: IntCounter::new(
+                "reconcile_events_appended_total",
+                "Events reconcile added to the log",
+            )
+            .expect("metric"),
+            customers_removed: IntCounter::new(
+                "reconcile_customers_removed_total",
+                "Customers recorded as deleted by reconcile",
+            )
+            .expect("metric"),
+            rate_limited: IntCounter::new(
+                "reconcile_rate_limited_total",
+                "429 answers from Polar's API, each waited out",
+            )
+            .expect("metric"),
+            last_success: Gauge::new(
+                "reconcile_last_success_timestamp_seconds",
+                "Unix time the last successful reconcile ended",
+            )
+            .expect("metric"),
+            endpoint_enabled: IntGauge::new(
+                "polar_endpoint_enabled",
+                "1 if Polar has the webhook endpoint enabled, 0 if disabled, -1 unknown",
+            )
+            .expect("metric"),
+        };
+        metrics.endpoint_enabled.set(-1);
+        for collector in [
+            Box::new(metrics.leader.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.runs.clone()),
+            Box::new(metrics.objects_seen.clone()),
+            Box::new(metrics.events_appended.clone()),
+            Box::new(metrics.customers_removed.clone()),
+            Box::new(metrics.rate_limited.clone()),
+            Box::new(metrics.last_success.clone()),
+            Box::new(metrics.endpoint_enabled.clone()),
+        ] {
+            registry.register(collector).expect("unique metric names");
+        }
+        metrics
+    }
 }
 
 impl IngestMetrics {
@@ -119,8 +203,10 @@ impl IngestMetrics {
         ] {
             registry.register(collector).expect("unique metric names");
         }
+        let reconcile = ReconcileMetrics::new(&registry);
         Self {
             registry,
+            reconcile,
             requests,
             verification_failures,
             request_seconds,

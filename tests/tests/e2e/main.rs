@@ -5,3 +5,4 @@
 
 mod chaos;
 mod pipeline;
+mod reconcile;

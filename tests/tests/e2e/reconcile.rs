@@ -1,0 +1,590 @@
+//! Reconcile against polarsim's `serve-api` (Polar's REST API over the state
+//! a stream implies), with the real pipeline running: what webhooks never
+//! brought must end up in the projections, through the event log, and
+//! `polarsim verify` checks the result through Polar's own SDK.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use hookstream_ingest::config::PolarApiSettings;
+use hookstream_ingest::reconcile::polar_api::PolarApi;
+use hookstream_ingest::reconcile::{ReconcileOptions, Reconciler, Summary};
+use hookstream_local::Pipeline;
+use hookstream_projector::rebuild::progress::{ProgressMode, ProgressReport};
+use hookstream_projector::rebuild::verify::{self as drift, VerifyOptions};
+use hookstream_shared::config::Settings;
+use hookstream_tests::{generate, polarsim_command};
+
+const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
+const TOKEN: &str = "e2e-token-123";
+const API_TOKEN: &str = "polar_oat_reconcile_test_token";
+
+const SCAN: ReconcileOptions = ReconcileOptions {
+    scan: true,
+    deliveries: false,
+};
+
+fn pipeline_settings() -> Vec<(String, String)> {
+    [
+        (
+            "DATABASE_URL",
+            "postgres://unused@127.0.0.1/unused".to_owned(),
+        ),
+        (
+            "KAFKA_TOPIC",
+            format!("e2e-reconcile-{}", uuid::Uuid::new_v4()),
+        ),
+        ("KAFKA_TOPIC_PARTITIONS", "4".to_owned()),
+        ("POLAR_WEBHOOK_SECRET", SECRET.to_owned()),
+        ("PROJECTOR_API_TOKENS", TOKEN.to_owned()),
+        ("INGEST_LISTEN", "127.0.0.1:0".to_owned()),
+        ("PROJECTOR_LISTEN", "127.0.0.1:0".to_owned()),
+        ("RELAY_POLL_INTERVAL_MS", "200".to_owned()),
+        // What reconcile appends is published by the relay's sweep.
+        ("RELAY_SWEEP_AFTER_MS", "200".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A stream of polarsim's, generated once per seed and size.
+fn stream(seed: u32, customers: u32) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("reconcile-seed{seed}-{customers}"));
+    generate(&dir, seed, customers, 60).unwrap();
+    dir
+}
+
+fn lines(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .count()
+}
+
+/// `polarsim serve-api`, killed when dropped.
+struct ServeApi {
+    child: Child,
+    url: String,
+}
+
+impl ServeApi {
+    fn start(dir: &Path, args: &[&str]) -> Self {
+        let mut child = polarsim_command("serve-api")
+            .unwrap()
+            .arg(dir.join("events.jsonl"))
+            .args(["--port", "0", "--token", API_TOKEN])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // "serve-api: http://127.0.0.1:PORT (N events, ...)" once it listens.
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("serve-api did not start: {first:?}"))
+            .to_owned();
+        Self { child, url }
+    }
+}
+
+impl Drop for ServeApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn polar_settings(url: &str, extra: &[(&str, &str)]) -> PolarApiSettings {
+    let mut vars = vec![
+        ("POLAR_API_URL".to_owned(), url.to_owned()),
+        ("POLAR_ACCESS_TOKEN".to_owned(), API_TOKEN.to_owned()),
+        // serve-api has no limit unless asked; the pacer should not slow the tests.
+        ("POLAR_API_RATE_LIMIT".to_owned(), "100000".to_owned()),
+    ];
+    for (k, v) in extra {
+        vars.retain(|(name, _)| name != k);
+        vars.push((k.to_string(), v.to_string()));
+    }
+    PolarApiSettings::from_settings(&Settings::from_vars(vars).unwrap()).unwrap()
+}
+
+async fn reconcile(
+    pool: &PgPool,
+    settings: &PolarApiSettings,
+    options: ReconcileOptions,
+) -> anyhow::Result<Summary> {
+    let reconciler = Reconciler::new(
+        PolarApi::new(settings)?,
+        pool.clone(),
+        settings.endpoint_id.clone(),
+    );
+    let mut progress = ProgressReport::counting(ProgressMode::Quiet, "test", "objects");
+    reconciler
+        .run_recorded(options, &mut progress, &CancellationToken::new())
+        .await
+}
+
+/// `polarsim send` of `dir`'s stream with Polar's duplicates and reordering,
+/// plus `args`; returns its stdout.
+async fn send(dir: &Path, pipeline: &Pipeline, args: &[&str]) -> String {
+    let url = format!("http://{}/webhooks/polar", pipeline.ingest_address);
+    send_to(dir, &url, args, true).await
+}
+
+async fn send_to(dir: &Path, url: &str, args: &[&str], must_succeed: bool) -> String {
+    let mut command = polarsim_command("send").unwrap();
+    command
+        .arg(dir.join("events.jsonl"))
+        .args(["--url", url, "--secret", SECRET])
+        .args([
+            "--dup-rate",
+            "0.2",
+            "--reorder-window",
+            "50",
+            "--concurrency",
+            "16",
+            "--seed",
+            "4",
+        ])
+        .args(args);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if must_succeed {
+        assert!(
+            output.status.success(),
+            "polarsim send failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    stdout
+}
+
+/// `polarsim verify` against the read API: the true state through Polar's SDK.
+async fn assert_verified(dir: &Path, pipeline: &Pipeline) {
+    let api = format!("http://{}", pipeline.projector_address);
+    let mut command = polarsim_command("verify").unwrap();
+    command.arg(dir.join("expected.json")).args([
+        "--api",
+        &api,
+        "--token",
+        TOKEN,
+        "--timeout",
+        "60",
+    ]);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "polarsim verify failed:\n{}",
+        stdout.lines().rev().take(25).collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Replay agrees with the live projections (the log stays the source of truth).
+async fn assert_no_drift(pool: &PgPool) {
+    let mut progress = ProgressReport::new(ProgressMode::Quiet, "e2e");
+    let report = drift::verify(
+        pool,
+        &VerifyOptions::default(),
+        &CancellationToken::new(),
+        &mut progress,
+    )
+    .await
+    .unwrap();
+    assert!(report.drift.is_empty(), "{:#?}", report.drift.first());
+}
+
+async fn log_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select count(*) from event_log")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn an_existing_organization_is_imported_then_kept_current_by_webhooks(pool: PgPool) {
+    hookstream_shared::telemetry::init_for_tests();
+    let dir = stream(21, 50);
+    let before_install = (lines(&dir) * 7 / 10).to_string();
+    // Polar as it was when hookstream was installed: 70% of the stream.
+    let api = ServeApi::start(&dir, &["--upto", &before_install]);
+    let pipeline = Pipeline::start_with_pool(pipeline_settings(), pool.clone())
+        .await
+        .unwrap();
+    let summary = reconcile(&pool, &polar_settings(&api.url, &[]), SCAN)
+        .await
+        .unwrap();
+    assert!(
+        summary.appended > 0 && summary.seen["customer"] > 0,
+        "{summary}"
+    );
+    assert_eq!(summary.unchanged, 0, "{summary}");
+    // From then on, webhooks only.
+    send(&dir, &pipeline, &["--skip-first", &before_install]).await;
+    assert_verified(&dir, &pipeline).await;
+    assert_no_drift(&pool).await;
+    pipeline.stop().await.unwrap();
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn a_disabled_endpoint_is_recovered_by_a_scan_and_a_second_scan_appends_nothing(
+    pool: PgPool,
+) {
+    hookstream_shared::telemetry::init_for_tests();
+    let dir = stream(22, 50);
+    let n = lines(&dir);
+    // Polar had the endpoint disabled over the middle third: those events
+    // were never created for it, so nothing retries them.
+    let dropped = format!("{}:{}", n / 3, 2 * n / 3);
+    let pipeline = Pipeline::start_with_pool(pipeline_settings(), pool.clone())
+        .await
+        .unwrap();
+    let report = send(&dir, &pipeline, &["--drop-range", &dropped]).await;
+    assert!(report.contains("not sent"), "{report}");
+    let api = ServeApi::start(&dir, &[]);
+    let settings = polar_settings(&api.url, &[]);
+    let first = reconcile(&pool, &settings, SCAN).await.unwrap();
+    assert!(first.appended > 0, "{first}");
+    assert_verified(&dir, &pipeline).await;
+
+    let rows = log_rows(&pool).await;
+    let second = reconcile(&pool, &settings, SCAN).await.unwrap();
+    assert_eq!(second.appended, 0, "{second}");
+    assert_eq!(second.removed, 0, "{second}");
+    assert_eq!(second.unchanged, first.objects(), "{second}");
+    assert_eq!(log_rows(&pool).await, rows, "the second scan appended");
+    assert_no_drift(&pool).await;
+    pipeline.stop().await.unwrap();
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn customers_deleted_while_the_endpoint_was_disabled_are_removed(pool: PgPool) {
+    hookstream_shared::telemetry::init_for_tests();
+    // Polar deletes about 3% of customers; this stream deletes two.
+    let dir = stream(3, 100);
+    let events = hookstream_tests::read_events(&dir.join("events.jsonl")).unwrap();
+    // The endpoint went dark just before the first deletion and stayed so:
+    // every deletion after it is known only to Polar's API.
+    let first_deletion = events
+        .iter()
+        .position(|e| e.event_type == "customer.deleted")
+        .expect("the stream deletes customers");
+    let pipeline = Pipeline::start_with_pool(pipeline_settings(), pool.clone())
+        .await
+        .unwrap();
+    send(&dir, &pipeline, &["--limit", &first_deletion.to_string()]).await;
+    wait_until_projected(&pool).await;
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let deleted_in_polar: Vec<String> = expected["customers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|c| c["deleted"] == true)
+        .map(|c| c["customer_id"].as_str().unwrap().to_owned())
+        .collect();
+    let live_here: Vec<String> = sqlx::query_scalar(
+        "select id from projection.customers where deleted_at is null and id = any($1)",
+    )
+    .bind(&deleted_in_polar)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        !live_here.is_empty(),
+        "some customers Polar deleted are live here"
+    );
+
+    let api = ServeApi::start(&dir, &[]);
+    let summary = reconcile(&pool, &polar_settings(&api.url, &[]), SCAN)
+        .await
+        .unwrap();
+    assert_eq!(summary.removed as usize, live_here.len(), "{summary}");
+    assert_eq!(summary.missed_by_pages, 0, "{summary}");
+    assert_verified(&dir, &pipeline).await;
+    assert_no_drift(&pool).await;
+    pipeline.stop().await.unwrap();
+}
+
+/// Waits until the projector has applied everything in the log.
+async fn wait_until_projected(pool: &PgPool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (logged, applied): (i64, i64) = sqlx::query_as(
+            "select (select count(*) from event_log),
+                    (select coalesce(sum(messages_applied), 0)::bigint from projector_offsets)",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if applied >= logged {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "applied {applied} of {logged}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn failed_deliveries_land_once_and_a_redelivery_changes_nothing(pool: PgPool) {
+    hookstream_shared::telemetry::init_for_tests();
+    let dir = stream(23, 40);
+    let n = lines(&dir);
+    let (from, to) = (n / 2, n / 2 + 60);
+    let failed = dir.join("failed-deliveries.txt");
+    let pipeline = Pipeline::start_with_pool(pipeline_settings(), pool.clone())
+        .await
+        .unwrap();
+    send(&dir, &pipeline, &["--drop-range", &format!("{from}:{to}")]).await;
+    // Those 60 events went to an endpoint that was down: every attempt failed.
+    let dead = format!(
+        "http://127.0.0.1:{}/webhooks/polar",
+        hookstream_tests::bench::free_port().unwrap()
+    );
+    send_to(
+        &dir,
+        &dead,
+        &[
+            "--skip-first",
+            &from.to_string(),
+            "--limit",
+            &to.to_string(),
+            "--retries",
+            "1",
+            "--failed-out",
+            failed.to_str().unwrap(),
+        ],
+        false,
+    )
+    .await;
+    let api = ServeApi::start(&dir, &["--failed-deliveries", failed.to_str().unwrap()]);
+    let deliveries_only = ReconcileOptions {
+        scan: false,
+        deliveries: true,
+    };
+    let settings = polar_settings(&api.url, &[]);
+    let pulled = reconcile(&pool, &settings, deliveries_only).await.unwrap();
+    assert_eq!(pulled.deliveries.events, 60, "{pulled}");
+    assert!(
+        pulled.deliveries.attempts > 60,
+        "one row per attempt: {pulled}"
+    );
+    assert_eq!(pulled.deliveries.appended, 60, "{pulled}");
+    assert_eq!(pulled.deliveries.already_logged, 0, "{pulled}");
+    // The exact events, under the webhook-ids Polar sent: nothing else needed.
+    assert_verified(&dir, &pipeline).await;
+
+    // Someone presses "redeliver" in Polar: the same webhook-id, a duplicate.
+    let rows = log_rows(&pool).await;
+    let resent = send(
+        &dir,
+        &pipeline,
+        &[
+            "--skip-first",
+            &from.to_string(),
+            "--limit",
+            &(from + 1).to_string(),
+        ],
+    )
+    .await;
+    assert!(resent.contains("200"), "{resent}");
+    let again = reconcile(&pool, &settings, deliveries_only).await.unwrap();
+    assert_eq!(again.deliveries.appended, 0, "{again}");
+    assert_eq!(again.deliveries.already_logged, 60, "{again}");
+    assert_eq!(log_rows(&pool).await, rows, "a redelivery added a row");
+    assert_no_drift(&pool).await;
+    pipeline.stop().await.unwrap();
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn webhooks_arriving_during_a_reconcile_still_win_when_newer(pool: PgPool) {
+    hookstream_shared::telemetry::init_for_tests();
+    let dir = stream(24, 50);
+    let before_install = (lines(&dir) / 2).to_string();
+    let api = ServeApi::start(&dir, &["--upto", &before_install]);
+    let pipeline = Pipeline::start_with_pool(pipeline_settings(), pool.clone())
+        .await
+        .unwrap();
+    // A slow scan (2 requests a second) while the rest arrives as webhooks:
+    // the two interleave, and the scan's versions are the older ones.
+    let slow = polar_settings(&api.url, &[("POLAR_API_RATE_LIMIT", "120")]);
+    let tail = ["--skip-first", before_install.as_str(), "--rate", "150"];
+    let (summary, _) = tokio::join!(reconcile(&pool, &slow, SCAN), send(&dir, &pipeline, &tail));
+    let summary = summary.unwrap();
+    assert!(
+        summary.elapsed > Duration::from_secs(2),
+        "the scan overlapped the webhooks: {summary}"
+    );
+    assert_verified(&dir, &pipeline).await;
+    assert_no_drift(&pool).await;
+    pipeline.stop().await.unwrap();
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn polars_rate_limit_is_honoured_with_one_429_per_window_at_most(pool: PgPool) {
+    hookstream_shared::telemetry::init_for_tests();
+    let dir = stream(21, 50);
+    // Five requests per two-second window; the scan needs more than that.
+    let api = ServeApi::start(&dir, &["--rate-limit", "5", "--rate-window", "2"]);
+    let summary = reconcile(&pool, &polar_settings(&api.url, &[]), SCAN)
+        .await
+        .unwrap();
+    let passed = summary.requests - summary.rate_limited;
+    assert!(
+        summary.rate_limited >= 1,
+        "the limit never struck: {summary}"
+    );
+    // Each window lets 5 through; a second 429 in one window would push the
+    // count of 429s past the number of windows the passed requests needed.
+    assert!(
+        summary.rate_limited <= passed.div_ceil(5),
+        "more than one 429 per window: {summary}"
+    );
+    assert!(summary.objects() > 0, "{summary}");
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn bad_tokens_unreachable_apis_and_malformed_pages_fail_clearly_and_a_rerun_recovers(
+    pool: PgPool,
+) {
+    hookstream_shared::telemetry::init_for_tests();
+    let dir = stream(21, 50);
+    let api = ServeApi::start(&dir, &[]);
+
+    let wrong = polar_settings(&api.url, &[("POLAR_ACCESS_TOKEN", "polar_oat_wrong")]);
+    let error = format!("{:#}", reconcile(&pool, &wrong, SCAN).await.unwrap_err());
+    assert!(
+        error.contains("POLAR_ACCESS_TOKEN") && error.contains("401"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("polar_oat_wrong"),
+        "the token leaked: {error}"
+    );
+    assert_eq!(log_rows(&pool).await, 0);
+
+    let nowhere = format!(
+        "http://127.0.0.1:{}",
+        hookstream_tests::bench::free_port().unwrap()
+    );
+    let unreachable = polar_settings(&nowhere, &[("POLAR_API_RETRY_SECS", "2")]);
+    let error = format!(
+        "{:#}",
+        reconcile(&pool, &unreachable, SCAN).await.unwrap_err()
+    );
+    assert!(
+        error.contains("cannot be reached") && error.contains(&nowhere),
+        "{error}"
+    );
+    assert_eq!(log_rows(&pool).await, 0);
+
+    // A server whose customer list is not a page, after products and
+    // benefits that are: the error names the list; what was appended stays.
+    let broken = BrokenApi::start(&api.url).await;
+    let error = format!(
+        "{:#}",
+        reconcile(&pool, &polar_settings(&broken.url, &[]), SCAN)
+            .await
+            .unwrap_err()
+    );
+    assert!(
+        error.contains("/v1/customers/") && error.contains("not a page"),
+        "{error}"
+    );
+    let partial = log_rows(&pool).await;
+    assert!(
+        partial > 0,
+        "products and benefits were appended before the failure"
+    );
+
+    let recorded: Vec<String> =
+        sqlx::query_scalar("select outcome from reconcile_runs order by id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, ["failed", "failed", "failed"]);
+
+    // A rerun completes what the failed run began, adding each object once.
+    let rerun = reconcile(&pool, &polar_settings(&api.url, &[]), SCAN)
+        .await
+        .unwrap();
+    assert_eq!(rerun.unchanged as i64, partial, "{rerun}");
+    assert_eq!(log_rows(&pool).await, rerun.objects() as i64);
+}
+
+/// Forwards to serve-api, except that `/v1/customers/` answers a body that
+/// is not a page: a stand-in for an API answering garbage mid-scan.
+struct BrokenApi {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BrokenApi {
+    async fn start(upstream: &str) -> Self {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.to_owned();
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let client = client.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let mut request = vec![0u8; 8192];
+                    let n = socket.read(&mut request).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&request[..n]).into_owned();
+                    let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let body = if target.starts_with("/v1/customers/") {
+                        br#"{"items": "not a list"}"#.to_vec()
+                    } else {
+                        client
+                            .get(format!("{upstream}{target}"))
+                            .bearer_auth(API_TOKEN)
+                            .send()
+                            .await
+                            .unwrap()
+                            .bytes()
+                            .await
+                            .unwrap()
+                            .to_vec()
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(&body).await;
+                });
+            }
+        });
+        Self { url, task }
+    }
+}
+
+impl Drop for BrokenApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

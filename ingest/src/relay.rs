@@ -35,6 +35,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use hookstream_shared::db;
 use hookstream_shared::event_log::{self, LoggedEvent};
 use hookstream_shared::kafka::{self, KafkaSettings, header};
 
@@ -200,7 +201,7 @@ impl Relay {
     async fn sweep(&self, stop: &CancellationToken) {
         let mut failures = 0u32;
         loop {
-            match self.campaign().await {
+            match db::try_lead(&self.connect, LEADER_LOCK_KEY).await {
                 Ok(Some(mut lock_connection)) => {
                     tracing::info!("relay leads: sweeping the outbox");
                     self.metrics.relay_leader.set(1);
@@ -237,23 +238,6 @@ impl Relay {
                     }
                 }
             }
-        }
-    }
-
-    /// Tries to take the leader lock; `Some(connection)` holds it.
-    async fn campaign(&self) -> anyhow::Result<Option<PgConnection>> {
-        let mut connection = PgConnection::connect_with(&self.connect).await?;
-        let locked = sqlx::query_scalar!(
-            r#"select pg_try_advisory_lock($1) as "locked!""#,
-            LEADER_LOCK_KEY
-        )
-        .fetch_one(&mut connection)
-        .await?;
-        if locked {
-            Ok(Some(connection))
-        } else {
-            let _ = connection.close().await;
-            Ok(None)
         }
     }
 

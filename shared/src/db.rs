@@ -71,6 +71,27 @@ impl DatabaseSettings {
     }
 }
 
+/// Opens a connection of its own and tries to take the session advisory lock
+/// `key` on it: `Some(connection)` holds the lock for as long as it stays
+/// open, so a leader that crashes loses it with its connection. How one
+/// replica leads a singleton job (the relay's sweep, the periodic reconcile).
+pub async fn try_lead(
+    connect: &PgConnectOptions,
+    key: i64,
+) -> anyhow::Result<Option<sqlx::PgConnection>> {
+    use sqlx::Connection as _;
+    let mut connection = sqlx::PgConnection::connect_with(connect).await?;
+    let locked = sqlx::query_scalar!(r#"select pg_try_advisory_lock($1) as "locked!""#, key)
+        .fetch_one(&mut connection)
+        .await?;
+    if locked {
+        Ok(Some(connection))
+    } else {
+        let _ = connection.close().await;
+        Ok(None)
+    }
+}
+
 /// Describes a URL parse error without quoting the URL back.
 fn error_kind(e: &sqlx::Error) -> &'static str {
     match e {

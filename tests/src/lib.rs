@@ -7,8 +7,9 @@ pub mod chaos;
 pub mod fault_proxy;
 pub mod postgres;
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -47,6 +48,25 @@ pub fn polarsim_command(subcommand: &str) -> anyhow::Result<Command> {
     Ok(command)
 }
 
+/// Runs `polarsim verify` of `dir/expected.json` against a read API (Polar's
+/// SDK, polling for up to 60 s), off the async runtime the services under
+/// test run on. Returns whether it passed and its stdout.
+pub async fn polarsim_verify(dir: &Path, api: &str, token: &str) -> anyhow::Result<(bool, String)> {
+    let mut command = polarsim_command("verify")?;
+    command.arg(dir.join("expected.json")).args([
+        "--api",
+        api,
+        "--token",
+        token,
+        "--timeout",
+        "60",
+    ]);
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
+    let mut report = String::from_utf8_lossy(&output.stdout).into_owned();
+    report.push_str(&String::from_utf8_lossy(&output.stderr));
+    Ok((output.status.success(), report))
+}
+
 /// Generates a stream into `dir` unless it is already there (polarsim is
 /// deterministic per seed and version, so a cached stream is the same stream).
 pub fn generate(dir: &Path, seed: u32, customers: u32, days: u32) -> anyhow::Result<()> {
@@ -81,4 +101,49 @@ pub fn read_events(file: &Path) -> anyhow::Result<Vec<SimEvent>> {
     text.lines()
         .map(|line| serde_json::from_str(line).context("not a polarsim line"))
         .collect()
+}
+
+/// `polarsim serve-api`: Polar's REST API over a stream's state, on a free
+/// port, killed when dropped.
+#[derive(Debug)]
+pub struct ServeApi {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl ServeApi {
+    /// Serves `dir/events.jsonl` to bearer `token`, with serve-api's `args`
+    /// (`--upto`, `--rate-limit`, ...). Returns once it listens.
+    pub fn start(dir: &Path, token: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = polarsim_command("serve-api")?
+            .arg(dir.join("events.jsonl"))
+            .args(["--port", "0", "--token", token])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot run python3")?;
+        // "serve-api: http://127.0.0.1:PORT (N events, ...)" once it listens.
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut first)?;
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .map(str::to_owned);
+        match url {
+            Some(url) => Ok(Self { child, url }),
+            None => {
+                let _ = child.kill();
+                anyhow::bail!("serve-api did not start: {first:?}")
+            }
+        }
+    }
+}
+
+impl Drop for ServeApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

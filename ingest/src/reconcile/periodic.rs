@@ -16,9 +16,10 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use hookstream_shared::db;
 use hookstream_shared::progress::{ProgressMode, ProgressReport};
 
 use super::polar_api::PolarApi;
@@ -62,7 +63,7 @@ impl PeriodicReconcile {
     pub async fn run(self, stop: CancellationToken) {
         tracing::info!(interval = ?self.schedule.interval, endpoint_watched = self.schedule.polar.endpoint_id.is_some(), "periodic reconcile on");
         while !stop.is_cancelled() {
-            match self.campaign().await {
+            match db::try_lead(&self.connect, LEADER_LOCK_KEY).await {
                 Ok(Some(lock)) => {
                     self.metrics.reconcile.leader.set(1);
                     tracing::info!("this replica leads the periodic reconcile");
@@ -87,20 +88,6 @@ impl PeriodicReconcile {
                 () = tokio::time::sleep(STANDBY_RETRY) => {}
                 () = stop.cancelled() => {}
             }
-        }
-    }
-
-    async fn campaign(&self) -> anyhow::Result<Option<PgConnection>> {
-        let mut connection = PgConnection::connect_with(&self.connect).await?;
-        let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
-            .bind(LEADER_LOCK_KEY)
-            .fetch_one(&mut connection)
-            .await?;
-        if locked {
-            Ok(Some(connection))
-        } else {
-            let _ = connection.close().await;
-            Ok(None)
         }
     }
 

@@ -58,6 +58,9 @@ enum Bench {
     /// `projector replay` from the event log: default chunks against one
     /// event per transaction.
     Replay(ReplayArgs),
+    /// `ingest reconcile` of a whole organization from polarsim's serve-api
+    /// (no rate limit), with the time at Polar's 500 requests a minute.
+    Reconcile(ReconcileArgs),
     /// Reliability: `kill -9` ingest and the projectors, crash Postgres and
     /// take the broker away at random moments under a retrying polarsim
     /// stream, then check nothing was lost or applied twice (RELIABILITY.md).
@@ -97,6 +100,15 @@ struct ChaosArgs {
     /// in-memory storage) instead of librdkafka's mock cluster.
     #[arg(long)]
     tansu: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReconcileArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Customers in the simulated organization.
+    #[arg(long, default_value_t = 10_000)]
+    customers: u32,
 }
 
 #[derive(Args)]
@@ -213,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Entitlements(args) => entitlements(args).await,
         Bench::EndToEnd(args) => end_to_end(args).await,
         Bench::Replay(args) => replay(args).await,
+        Bench::Reconcile(args) => reconcile(args).await,
         Bench::Chaos(args) => chaos(args).await,
     }
 }
@@ -1183,6 +1196,72 @@ fn run_replay(common: &Common, database: &FreshDatabase, extra: &[&str]) -> anyh
         .and_then(|(rate, _)| rate.parse::<f64>().ok())
         .ok_or_else(|| anyhow::anyhow!("no rate in the replay summary: {stdout}"))?;
     Ok(rate)
+}
+
+/// Polar's production limit, for the time a real reconcile would take.
+const POLAR_REQUESTS_PER_MINUTE: f64 = 500.0;
+
+async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
+    use hookstream_ingest::config::PolarApiSettings;
+    use hookstream_ingest::reconcile::polar_api::PolarApi;
+    use hookstream_ingest::reconcile::{ReconcileOptions, Reconciler};
+    use hookstream_shared::progress::{ProgressMode, ProgressReport};
+
+    let dir = args
+        .common
+        .data_dir
+        .join(format!("polarsim-42-{}", args.customers));
+    eprintln!("generating polarsim stream in {} (cached)", dir.display());
+    generate(&dir, 42, args.customers, 90)?;
+    eprintln!("starting serve-api over it (loading takes a while)");
+    let api = hookstream_tests::ServeApi::start(&dir, TOKEN, &[])?;
+    let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
+    let pool = hookstream_shared::db::connect_and_migrate(
+        &hookstream_shared::db::DatabaseSettings::for_url(&database.url),
+        "loadgen",
+    )
+    .await?;
+    let settings =
+        PolarApiSettings::from_settings(&hookstream_shared::config::Settings::from_vars([
+            ("POLAR_API_URL", api.url.as_str()),
+            ("POLAR_ACCESS_TOKEN", TOKEN),
+            ("POLAR_API_RATE_LIMIT", "100000000"),
+        ])?)?;
+    let options = ReconcileOptions {
+        scan: true,
+        deliveries: false,
+    };
+    let never = tokio_util::sync::CancellationToken::new();
+    let mut runs = Vec::new();
+    for run in [
+        "first (an organization new to hookstream)",
+        "again (nothing changed)",
+    ] {
+        let reconciler = Reconciler::new(PolarApi::new(&settings)?, pool.clone(), None);
+        let mut progress =
+            ProgressReport::counting(ProgressMode::for_stderr(), "reconcile", "objects");
+        let summary = reconciler.run(options, &mut progress, &never).await?;
+        progress.finish();
+        println!("{run}:\n{summary}");
+        let at_polar_rate = summary.requests as f64 / POLAR_REQUESTS_PER_MINUTE;
+        println!(
+            "  {:.0} objects/s; at Polar's {POLAR_REQUESTS_PER_MINUTE} requests/min the same {} requests take {at_polar_rate:.1} min",
+            summary.objects() as f64 / summary.elapsed.as_secs_f64(),
+            summary.requests
+        );
+        runs.push(summary);
+    }
+    pool.close().await;
+    if !args.common.keep_database {
+        database.drop_now().await?;
+    }
+    let first = &runs[0];
+    anyhow::ensure!(first.appended > 0, "the first reconcile appended nothing");
+    anyhow::ensure!(
+        runs[1].appended == 0,
+        "the second reconcile appended events"
+    );
+    Ok(())
 }
 
 async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {

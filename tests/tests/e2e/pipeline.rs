@@ -14,7 +14,7 @@ use hookstream_projector::projection::{dump, generation};
 use hookstream_projector::rebuild::progress::{ProgressMode, ProgressReport};
 use hookstream_projector::rebuild::replay::{ReplayOptions, ReplaySource, replay};
 use hookstream_projector::rebuild::verify::{self as drift, VerifyOptions};
-use hookstream_tests::{generate, polarsim_command, read_events};
+use hookstream_tests::{generate, polarsim_command, polarsim_verify, read_events};
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
 const TOKEN: &str = "e2e-token-123";
@@ -163,25 +163,8 @@ async fn a_polarsim_stream_with_duplicates_and_reordering_ends_in_the_true_state
     assert_eq!(wanted, got, "every event on the topic");
 
     // And the projections match polarsim's own ground truth, read through Polar's SDK.
-    let mut verify = polarsim_command("verify").unwrap();
-    verify.arg(dir.join("expected.json")).args([
-        "--api",
-        &api_url,
-        "--token",
-        TOKEN,
-        "--timeout",
-        "60",
-    ]);
-    let verify = tokio::task::spawn_blocking(move || verify.output())
-        .await
-        .unwrap()
-        .unwrap();
-    let verdict = String::from_utf8_lossy(&verify.stdout).into_owned();
-    assert!(
-        verify.status.success(),
-        "polarsim verify failed:\n{verdict}\n{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    let (passed, verdict) = polarsim_verify(&dir, &api_url, TOKEN).await.unwrap();
+    assert!(passed, "polarsim verify failed:\n{verdict}");
     let (matched, total) = verdict
         .lines()
         .find_map(|l| {

@@ -3,9 +3,7 @@
 //! brought must end up in the projections, through the event log, and
 //! `polarsim verify` checks the result through Polar's own SDK.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -18,7 +16,7 @@ use hookstream_local::Pipeline;
 use hookstream_projector::rebuild::progress::{ProgressMode, ProgressReport};
 use hookstream_projector::rebuild::verify::{self as drift, VerifyOptions};
 use hookstream_shared::config::Settings;
-use hookstream_tests::{generate, polarsim_command};
+use hookstream_tests::{ServeApi, generate, polarsim_command, polarsim_verify};
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
 const TOKEN: &str = "e2e-token-123";
@@ -66,44 +64,6 @@ fn lines(dir: &Path) -> usize {
         .unwrap()
         .lines()
         .count()
-}
-
-/// `polarsim serve-api`, killed when dropped.
-struct ServeApi {
-    child: Child,
-    url: String,
-}
-
-impl ServeApi {
-    fn start(dir: &Path, args: &[&str]) -> Self {
-        let mut child = polarsim_command("serve-api")
-            .unwrap()
-            .arg(dir.join("events.jsonl"))
-            .args(["--port", "0", "--token", API_TOKEN])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // "serve-api: http://127.0.0.1:PORT (N events, ...)" once it listens.
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let url = first
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("serve-api did not start: {first:?}"))
-            .to_owned();
-        Self { child, url }
-    }
-}
-
-impl Drop for ServeApi {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn polar_settings(url: &str, extra: &[(&str, &str)]) -> PolarApiSettings {
@@ -177,24 +137,11 @@ async fn send_to(dir: &Path, url: &str, args: &[&str], must_succeed: bool) -> St
 /// `polarsim verify` against the read API: the true state through Polar's SDK.
 async fn assert_verified(dir: &Path, pipeline: &Pipeline) {
     let api = format!("http://{}", pipeline.projector_address);
-    let mut command = polarsim_command("verify").unwrap();
-    command.arg(dir.join("expected.json")).args([
-        "--api",
-        &api,
-        "--token",
-        TOKEN,
-        "--timeout",
-        "60",
-    ]);
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (passed, report) = polarsim_verify(dir, &api, TOKEN).await.unwrap();
     assert!(
-        output.status.success(),
+        passed,
         "polarsim verify failed:\n{}",
-        stdout.lines().rev().take(25).collect::<Vec<_>>().join("\n")
+        report.lines().rev().take(25).collect::<Vec<_>>().join("\n")
     );
 }
 
@@ -225,7 +172,7 @@ async fn an_existing_organization_is_imported_then_kept_current_by_webhooks(pool
     let dir = stream(21, 50);
     let before_install = (lines(&dir) * 7 / 10).to_string();
     // Polar as it was when hookstream was installed: 70% of the stream.
-    let api = ServeApi::start(&dir, &["--upto", &before_install]);
+    let api = ServeApi::start(&dir, API_TOKEN, &["--upto", &before_install]).unwrap();
     let pipeline = Pipeline::start_with_pool(pipeline_settings(), pool.clone())
         .await
         .unwrap();
@@ -259,7 +206,7 @@ async fn a_disabled_endpoint_is_recovered_by_a_scan_and_a_second_scan_appends_no
         .unwrap();
     let report = send(&dir, &pipeline, &["--drop-range", &dropped]).await;
     assert!(report.contains("not sent"), "{report}");
-    let api = ServeApi::start(&dir, &[]);
+    let api = ServeApi::start(&dir, API_TOKEN, &[]).unwrap();
     let settings = polar_settings(&api.url, &[]);
     let first = reconcile(&pool, &settings, SCAN).await.unwrap();
     assert!(first.appended > 0, "{first}");
@@ -313,7 +260,7 @@ async fn customers_deleted_while_the_endpoint_was_disabled_are_removed(pool: PgP
         "some customers Polar deleted are live here"
     );
 
-    let api = ServeApi::start(&dir, &[]);
+    let api = ServeApi::start(&dir, API_TOKEN, &[]).unwrap();
     let summary = reconcile(&pool, &polar_settings(&api.url, &[]), SCAN)
         .await
         .unwrap();
@@ -378,7 +325,12 @@ async fn failed_deliveries_land_once_and_a_redelivery_changes_nothing(pool: PgPo
         false,
     )
     .await;
-    let api = ServeApi::start(&dir, &["--failed-deliveries", failed.to_str().unwrap()]);
+    let api = ServeApi::start(
+        &dir,
+        API_TOKEN,
+        &["--failed-deliveries", failed.to_str().unwrap()],
+    )
+    .unwrap();
     let deliveries_only = ReconcileOptions {
         scan: false,
         deliveries: true,
@@ -422,7 +374,7 @@ async fn webhooks_arriving_during_a_reconcile_still_win_when_newer(pool: PgPool)
     hookstream_shared::telemetry::init_for_tests();
     let dir = stream(24, 50);
     let before_install = (lines(&dir) / 2).to_string();
-    let api = ServeApi::start(&dir, &["--upto", &before_install]);
+    let api = ServeApi::start(&dir, API_TOKEN, &["--upto", &before_install]).unwrap();
     let pipeline = Pipeline::start_with_pool(pipeline_settings(), pool.clone())
         .await
         .unwrap();
@@ -446,7 +398,12 @@ async fn polars_rate_limit_is_honoured_with_one_429_per_window_at_most(pool: PgP
     hookstream_shared::telemetry::init_for_tests();
     let dir = stream(21, 50);
     // Five requests per two-second window; the scan needs more than that.
-    let api = ServeApi::start(&dir, &["--rate-limit", "5", "--rate-window", "2"]);
+    let api = ServeApi::start(
+        &dir,
+        API_TOKEN,
+        &["--rate-limit", "5", "--rate-window", "2"],
+    )
+    .unwrap();
     let summary = reconcile(&pool, &polar_settings(&api.url, &[]), SCAN)
         .await
         .unwrap();
@@ -470,7 +427,7 @@ async fn bad_tokens_unreachable_apis_and_malformed_pages_fail_clearly_and_a_reru
 ) {
     hookstream_shared::telemetry::init_for_tests();
     let dir = stream(21, 50);
-    let api = ServeApi::start(&dir, &[]);
+    let api = ServeApi::start(&dir, API_TOKEN, &[]).unwrap();
 
     let wrong = polar_settings(&api.url, &[("POLAR_ACCESS_TOKEN", "polar_oat_wrong")]);
     let error = format!("{:#}", reconcile(&pool, &wrong, SCAN).await.unwrap_err());
@@ -587,4 +544,89 @@ impl Drop for BrokenApi {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The value of one unlabelled (or exactly labelled) series in ingest's
+/// Prometheus text, if present.
+async fn metric(pipeline: &Pipeline, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{}/metrics", pipeline.ingest_address))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn the_periodic_mode_sees_a_disabled_endpoint_and_reconciles_once_for_it(pool: PgPool) {
+    hookstream_shared::telemetry::init_for_tests();
+    let dir = stream(21, 50);
+    let endpoint = "0b5e2f0c-1d2a-4c3b-9e8f-7a6b5c4d3e2f";
+    let api = ServeApi::start(
+        &dir,
+        API_TOKEN,
+        &["--endpoint-enabled", "false", "--endpoint-id", endpoint],
+    )
+    .unwrap();
+    // A run succeeded a moment ago: the interval alone would not start one.
+    sqlx::query(
+        "insert into reconcile_runs (started_at, finished_at, outcome) values (now(), now(), 'ok')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut settings = pipeline_settings();
+    settings.extend(
+        [
+            ("INGEST_RECONCILE_INTERVAL", "1h"),
+            ("INGEST_ENDPOINT_CHECK_INTERVAL", "1s"),
+            ("POLAR_API_URL", api.url.as_str()),
+            ("POLAR_ACCESS_TOKEN", API_TOKEN),
+            ("POLAR_API_RATE_LIMIT", "100000"),
+            ("POLAR_WEBHOOK_ENDPOINT_ID", endpoint),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let pipeline = Pipeline::start_with_pool(settings, pool.clone())
+        .await
+        .unwrap();
+    let ok_runs = r#"hookstream_ingest_reconcile_runs_total{outcome="ok"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while metric(&pipeline, ok_runs).await != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reconcile after the endpoint was seen disabled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        metric(&pipeline, "hookstream_ingest_polar_endpoint_enabled").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&pipeline, "hookstream_ingest_reconcile_leader").await,
+        Some(1.0)
+    );
+    let scanned: i64 =
+        sqlx::query_scalar("select count(*) from event_log where source = 'polar-api'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(scanned > 0, "the reconcile appended the organization");
+    // Still disabled, checked every second: one run for one disablement.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(metric(&pipeline, ok_runs).await, Some(1.0));
+    let runs: i64 = sqlx::query_scalar("select count(*) from reconcile_runs where outcome = 'ok'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 2);
+    pipeline.stop().await.unwrap();
 }

@@ -106,6 +106,7 @@ async fn hookstream_runs_the_pipeline_from_one_command() {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
+    hookstream_shared::tls::use_ring_provider();
     let client = reqwest::Client::new();
     let response = client
         .post(&webhooks)

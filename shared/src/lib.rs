@@ -12,6 +12,7 @@
 //! - [`http`]: the JSON error body and the health/metrics routes both services serve.
 //! - [`shutdown`]: one cancellation token, tripped by SIGTERM or SIGINT.
 //! - [`progress`]: a bar or plain lines for long commands (replay, reconcile).
+//! - [`tls`]: the rustls provider outgoing HTTPS clients need.
 
 pub mod config;
 pub mod db;
@@ -22,3 +23,4 @@ pub mod kafka;
 pub mod progress;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

@@ -140,10 +140,7 @@ enum Attempt {
 
 impl PolarApi {
     pub fn new(settings: &PolarApiSettings) -> anyhow::Result<Self> {
-        // reqwest is built without a default crypto provider; ring is the
-        // one sqlx's rustls already links. A second install is refused
-        // harmlessly.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        hookstream_shared::tls::use_ring_provider();
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(Duration::from_secs(10))

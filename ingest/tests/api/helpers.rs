@@ -72,7 +72,10 @@ impl TestIngest {
             pool,
             kafka,
             topic,
-            client: reqwest::Client::new(),
+            client: {
+                hookstream_shared::tls::use_ring_provider();
+                reqwest::Client::new()
+            },
             shutdown,
             server: Some(server),
         }

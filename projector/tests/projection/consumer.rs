@@ -368,6 +368,7 @@ async fn a_cached_entitlement_is_forgotten_as_soon_as_a_batch_revokes_it(pool: P
     let task = tokio::spawn(app.run_until_stopped(stop.clone()));
     wait_consumed(&pool, &topic.name, 1, Duration::from_secs(30)).await;
 
+    hookstream_shared::tls::use_ring_provider();
     let client = reqwest::Client::new();
     let check = || async {
         let answer: serde_json::Value = client

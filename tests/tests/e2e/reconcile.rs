@@ -504,6 +504,7 @@ impl BrokenApi {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let upstream = upstream.to_owned();
         let task = tokio::spawn(async move {
+            hookstream_shared::tls::use_ring_provider();
             let client = reqwest::Client::new();
             while let Ok((mut socket, _)) = listener.accept().await {
                 let client = client.clone();
@@ -549,6 +550,7 @@ impl Drop for BrokenApi {
 /// The value of one unlabelled (or exactly labelled) series in ingest's
 /// Prometheus text, if present.
 async fn metric(pipeline: &Pipeline, series: &str) -> Option<f64> {
+    hookstream_shared::tls::use_ring_provider();
     let text = reqwest::get(format!("http://{}/metrics", pipeline.ingest_address))
         .await
         .ok()?

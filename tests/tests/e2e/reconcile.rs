@@ -458,7 +458,7 @@ async fn bad_tokens_unreachable_apis_and_malformed_pages_fail_clearly_and_a_reru
 
     // A server whose customer list is not a page, after products and
     // benefits that are: the error names the list; what was appended stays.
-    let broken = BrokenApi::start(&api.url).await;
+    let broken = BrokenApi::start(&api.url, Breakage::MalformedCustomers).await;
     let error = format!(
         "{:#}",
         reconcile(&pool, &polar_settings(&broken.url, &[]), SCAN)
@@ -490,15 +490,24 @@ async fn bad_tokens_unreachable_apis_and_malformed_pages_fail_clearly_and_a_reru
     assert_eq!(log_rows(&pool).await, rerun.objects() as i64);
 }
 
-/// Forwards to serve-api, except that `/v1/customers/` answers a body that
-/// is not a page: a stand-in for an API answering garbage mid-scan.
+/// How [`BrokenApi`] misbehaves.
+#[derive(Clone, Copy)]
+enum Breakage {
+    /// `/v1/customers/` answers 200 with a body that is not a page.
+    MalformedCustomers,
+    /// The first this many requests answer 503 (a deploy, an overloaded edge).
+    FirstRequestsFail(usize),
+}
+
+/// Forwards to serve-api, misbehaving as its [`Breakage`] says: a stand-in
+/// for an API answering garbage, or failing for a while, mid-scan.
 struct BrokenApi {
     url: String,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl BrokenApi {
-    async fn start(upstream: &str) -> Self {
+    async fn start(upstream: &str, breakage: Breakage) -> Self {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -506,7 +515,10 @@ impl BrokenApi {
         let task = tokio::spawn(async move {
             hookstream_shared::tls::use_ring_provider();
             let client = reqwest::Client::new();
+            let mut accepted = 0usize;
             while let Ok((mut socket, _)) = listener.accept().await {
+                accepted += 1;
+                let failing = matches!(breakage, Breakage::FirstRequestsFail(n) if accepted <= n);
                 let client = client.clone();
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
@@ -514,22 +526,32 @@ impl BrokenApi {
                     let n = socket.read(&mut request).await.unwrap_or(0);
                     let head = String::from_utf8_lossy(&request[..n]).into_owned();
                     let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                    let body = if target.starts_with("/v1/customers/") {
-                        br#"{"items": "not a list"}"#.to_vec()
+                    let malformed = matches!(breakage, Breakage::MalformedCustomers)
+                        && target.starts_with("/v1/customers/");
+                    let (status, body) = if failing {
+                        (
+                            "503 Service Unavailable",
+                            br#"{"detail":"try again"}"#.to_vec(),
+                        )
+                    } else if malformed {
+                        ("200 OK", br#"{"items": "not a list"}"#.to_vec())
                     } else {
-                        client
-                            .get(format!("{upstream}{target}"))
-                            .bearer_auth(API_TOKEN)
-                            .send()
-                            .await
-                            .unwrap()
-                            .bytes()
-                            .await
-                            .unwrap()
-                            .to_vec()
+                        (
+                            "200 OK",
+                            client
+                                .get(format!("{upstream}{target}"))
+                                .bearer_auth(API_TOKEN)
+                                .send()
+                                .await
+                                .unwrap()
+                                .bytes()
+                                .await
+                                .unwrap()
+                                .to_vec(),
+                        )
                     };
                     let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                         body.len()
                     );
                     let _ = socket.write_all(head.as_bytes()).await;
@@ -631,4 +653,21 @@ async fn the_periodic_mode_sees_a_disabled_endpoint_and_reconciles_once_for_it(p
         .unwrap();
     assert_eq!(runs, 2);
     pipeline.stop().await.unwrap();
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn an_api_failing_for_a_while_is_retried_and_the_scan_completes(pool: PgPool) {
+    hookstream_shared::telemetry::init_for_tests();
+    let dir = stream(21, 50);
+    let api = ServeApi::start(&dir, API_TOKEN, &[]).unwrap();
+    let clean = reconcile(&pool, &polar_settings(&api.url, &[]), SCAN)
+        .await
+        .unwrap();
+    let flaky = BrokenApi::start(&api.url, Breakage::FirstRequestsFail(3)).await;
+    let retried = reconcile(&pool, &polar_settings(&flaky.url, &[]), SCAN)
+        .await
+        .unwrap();
+    assert_eq!(retried.retries, 3, "{retried}");
+    assert_eq!(retried.objects(), clean.objects(), "{retried}");
+    assert_eq!(retried.unchanged, clean.objects(), "{retried}");
 }

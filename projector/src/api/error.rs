@@ -13,9 +13,10 @@ pub enum ApiError {
     NotFound,
     #[error("missing or invalid bearer token")]
     Unauthorized,
-    /// Bad query parameters: Polar's `HTTPValidationError` (422), one entry per problem.
+    /// Bad path or query parameters: Polar's `RequestValidationError` (422),
+    /// one entry per problem: where (`query` or `path`), which, and why.
     #[error("invalid request")]
-    Validation(Vec<(String, String)>),
+    Validation(Vec<(&'static str, String, String)>),
     /// Logged with its cause; the client sees only that something failed.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -30,7 +31,12 @@ impl From<sqlx::Error> for ApiError {
 impl ApiError {
     /// One validation problem with a query parameter.
     pub fn invalid(parameter: &str, message: impl Into<String>) -> Self {
-        Self::Validation(vec![(parameter.to_owned(), message.into())])
+        Self::Validation(vec![("query", parameter.to_owned(), message.into())])
+    }
+
+    /// One validation problem with the path.
+    pub fn invalid_path(message: impl Into<String>) -> Self {
+        Self::Validation(vec![("path", "path".to_owned(), message.into())])
     }
 }
 
@@ -50,11 +56,11 @@ impl IntoResponse for ApiError {
             Self::Validation(problems) => {
                 let detail: Vec<_> = problems
                     .into_iter()
-                    .map(|(parameter, msg)| json!({"loc": ["query", parameter], "msg": msg, "type": "value_error"}))
+                    .map(|(location, parameter, msg)| json!({"loc": [location, parameter], "msg": msg, "type": "value_error"}))
                     .collect();
                 (
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    Json(json!({ "detail": detail })),
+                    Json(json!({ "error": "RequestValidationError", "detail": detail })),
                 )
                     .into_response()
             }

@@ -57,6 +57,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/benefit-grants/", get(benefit_grants::list))
         .route("/v1/benefit-grants", get(benefit_grants::list))
         .route("/v1/entitlements/check", get(entitlements::check))
+        .route_layer(middleware::from_fn(refuse_nul))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(v1)
@@ -75,6 +76,26 @@ pub fn router(state: ApiState) -> Router {
             record_metrics,
         ))
         .with_state(state)
+}
+
+/// Refuses a request whose path or query decodes to a NUL character (`%00`)
+/// with 422, before any handler runs. Postgres text cannot hold NUL, so such
+/// a value could match nothing, and reaching a query it fails there (a 500).
+/// `%00` is the only way to write NUL in a URI: a raw NUL is not valid there.
+async fn refuse_nul(request: Request, next: Next) -> Response {
+    if request.uri().path().contains("%00") {
+        return ApiError::invalid_path("must not contain a NUL character (%00)").into_response();
+    }
+    if let Some(query) = request.uri().query()
+        && query.contains("%00")
+    {
+        let parameter = form_urlencoded::parse(query.as_bytes())
+            .find(|(key, value)| key.contains('\0') || value.contains('\0'))
+            .map_or_else(|| "query".to_owned(), |(key, _)| key.replace('\0', ""));
+        return ApiError::invalid(&parameter, "must not contain a NUL character (%00)")
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// Accepts `Authorization: Bearer <token>` for any configured token, compared

@@ -170,3 +170,26 @@ async fn entitlement_check(pool: PgPool) {
         assert_eq!(check(bad).await.0, 422, "{bad}");
     }
 }
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn text_postgres_cannot_hold_is_refused_with_422_not_500(pool: PgPool) {
+    seed(&pool).await;
+    // A NUL byte, in a path segment or a query value, raw or in a list.
+    for path in [
+        "/v1/customers/external/%00/state",
+        "/v1/customers/cus%000/state",
+        "/v1/subscriptions/sub_%00",
+        "/v1/subscriptions/?customer_id=cus_0&customer_id=%00",
+        "/v1/benefit-grants/?external_customer_id=usr%00",
+        "/v1/entitlements/check?external_customer_id=%00&benefit_id=ben",
+        "/v1/entitlements/check?external_customer_id=usr_0&benefit_id=b%00n",
+        "/v1/entitlements/check?external_customer_id=usr_0&benefit_id=ben&%00=x",
+    ] {
+        let (status, body) = get(&pool, path).await;
+        assert_eq!(status, 422, "{path}: {body}");
+        assert_eq!(body["error"], "RequestValidationError", "{path}: {body}");
+    }
+    // The same routes still answer normally.
+    let (status, _) = get(&pool, "/v1/customers/external/usr_0/state").await;
+    assert_eq!(status, 200);
+}

@@ -1,11 +1,12 @@
 //! `GET /v1/benefit-grants/`: Polar's paginated BenefitGrant list, filtered by
-//! customer, external customer id, benefit and `is_granted`.
+//! customer, external customer id, benefit, member and `is_granted`.
 
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 
+use super::list::{Arg, List};
 use super::params::QueryParams;
-use super::{ApiError, ApiState, json_text};
+use super::{ApiError, ApiState};
 
 fn sort_column(name: &str) -> Option<&'static str> {
     Some(match name {
@@ -27,40 +28,28 @@ pub async fn list(
     let external_ids = params.list("external_customer_id");
     let benefit_ids = params.list("benefit_id");
     let is_granted = params.boolean("is_granted")?;
+    let member_ids = params.list("member_id");
 
-    let filter = "
+    List {
+        from: "projection.benefit_grants g",
+        item: "g.snapshot",
+        key: "g.id",
+        filter: "
         where ($1::text[] is null or g.customer_id = any($1))
           and ($2::text[] is null or g.customer_id in (
                 select c.id from projection.customers c where c.external_id = any($2)))
           and ($3::text[] is null or g.benefit_id = any($3))
-          and ($4::boolean is null or g.is_granted = $4)";
-    let total: i64 = sqlx::query_scalar(&format!(
-        "select count(*) from projection.benefit_grants g {filter}"
-    ))
-    .bind(&customer_ids)
-    .bind(&external_ids)
-    .bind(&benefit_ids)
-    .bind(is_granted)
-    .fetch_one(&state.pool)
-    .await?;
-    let items: String = sqlx::query_scalar(&format!(
-        "select coalesce(jsonb_agg(snapshot order by position), '[]'::jsonb)::text from (
-             select g.snapshot, row_number() over (order by {order}, g.id) as position
-             from projection.benefit_grants g {filter}
-             order by {order}, g.id
-             limit $5 offset $6
-         ) page"
-    ))
-    .bind(&customer_ids)
-    .bind(&external_ids)
-    .bind(&benefit_ids)
-    .bind(is_granted)
-    .bind(page.limit)
-    .bind(page.offset())
-    .fetch_one(&state.pool)
-    .await?;
-    Ok(json_text(format!(
-        r#"{{"items":{items},"pagination":{}}}"#,
-        page.pagination_json(total)
-    )))
+          and ($4::boolean is null or g.is_granted = $4)
+          and ($5::text[] is null or g.member_id = any($5))",
+        order,
+        args: vec![
+            Arg::Texts(customer_ids),
+            Arg::Texts(external_ids),
+            Arg::Texts(benefit_ids),
+            Arg::Flag(is_granted),
+            Arg::Texts(member_ids),
+        ],
+    }
+    .page(&state.pool, page)
+    .await
 }

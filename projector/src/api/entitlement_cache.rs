@@ -22,20 +22,66 @@ use std::time::{Duration, Instant};
 
 use crate::changes::CLEAR_ALL;
 
+/// One grant an answer can rest on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Holding {
+    pub benefit_id: String,
+    pub grant_id: String,
+    /// The grant's billing customer.
+    pub customer_id: String,
+    /// The member the grant is for, when known.
+    pub member_id: Option<String>,
+}
+
 /// What the check needs to know about one customer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustomerEntitlements {
     pub customer_id: String,
-    /// Benefits currently granted (any grant holding).
-    pub benefits: HashSet<String>,
+    /// Grants currently held by the customer (any of its members, for a team).
+    pub holdings: Vec<Holding>,
+}
+
+impl CustomerEntitlements {
+    pub fn holdings_of<'a>(&'a self, benefit_id: &'a str) -> impl Iterator<Item = &'a Holding> {
+        self.holdings
+            .iter()
+            .filter(move |h| h.benefit_id == benefit_id)
+    }
 }
 
 /// A cached answer: `None` means no such live customer.
 pub type Cached = Option<Arc<CustomerEntitlements>>;
 
+/// How a person (an external id) holds a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Through {
+    /// As an individual customer with that external id.
+    Customer,
+    /// As a member with that external id.
+    Member,
+}
+
+/// A grant a person holds, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PersonHolding {
+    pub holding: Holding,
+    pub through: Through,
+    /// The billing customer's external id, for scoping by it.
+    pub customer_external_id: Option<String>,
+}
+
+/// What the check needs to know about one external id as a person: every
+/// grant it holds anywhere, and every customer it belongs to (to forget the
+/// entry when any of them changes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PersonEntitlements {
+    pub customers: HashSet<String>,
+    pub holdings: Vec<PersonHolding>,
+}
+
 #[derive(Debug)]
-struct Slot {
-    value: Cached,
+struct Slot<T = Cached> {
+    value: T,
     loaded_at: Instant,
 }
 
@@ -43,6 +89,35 @@ struct Slot {
 struct Maps {
     by_id: HashMap<String, Slot>,
     by_external: HashMap<String, Slot>,
+    by_person: HashMap<String, Slot<Arc<PersonEntitlements>>>,
+    /// Customer id → people whose entries involve it.
+    people_of_customer: HashMap<String, HashSet<String>>,
+}
+
+impl Maps {
+    fn len(&self) -> usize {
+        self.by_id.len() + self.by_external.len() + self.by_person.len()
+    }
+
+    fn clear(&mut self) {
+        self.by_id.clear();
+        self.by_external.clear();
+        self.by_person.clear();
+        self.people_of_customer.clear();
+    }
+
+    fn forget_person(&mut self, external_id: &str) {
+        if let Some(slot) = self.by_person.remove(external_id) {
+            for customer in &slot.value.customers {
+                if let Some(people) = self.people_of_customer.get_mut(customer) {
+                    people.remove(external_id);
+                    if people.is_empty() {
+                        self.people_of_customer.remove(customer);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The cache; cheap to share behind an `Arc`.
@@ -54,6 +129,16 @@ pub struct EntitlementCache {
     listening: AtomicBool,
     max_entries: usize,
     ttl: Duration,
+}
+
+/// How a person lookup went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PersonLookup {
+    Hit(Arc<PersonEntitlements>),
+    /// Not cached; read Postgres, then [`EntitlementCache::fill_person`].
+    Miss {
+        epoch: u64,
+    },
 }
 
 /// How a lookup went.
@@ -90,6 +175,49 @@ impl EntitlementCache {
         self.lookup(external_id, |m| &m.by_external)
     }
 
+    /// The person entry of `external_id`.
+    pub fn by_person(&self, external_id: &str) -> PersonLookup {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if !self.usable() {
+            return PersonLookup::Miss { epoch };
+        }
+        let maps = self.maps.lock().expect("cache lock");
+        match maps.by_person.get(external_id) {
+            Some(slot) if slot.loaded_at.elapsed() < self.ttl => {
+                PersonLookup::Hit(slot.value.clone())
+            }
+            _ => PersonLookup::Miss { epoch },
+        }
+    }
+
+    /// As [`fill`](Self::fill), for a person entry.
+    pub fn fill_person(&self, epoch: u64, external_id: &str, value: Arc<PersonEntitlements>) {
+        if !self.usable() {
+            return;
+        }
+        let mut maps = self.maps.lock().expect("cache lock");
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        if maps.len() >= self.max_entries {
+            maps.clear();
+        }
+        maps.forget_person(external_id);
+        for customer in &value.customers {
+            maps.people_of_customer
+                .entry(customer.clone())
+                .or_default()
+                .insert(external_id.to_owned());
+        }
+        maps.by_person.insert(
+            external_id.to_owned(),
+            Slot {
+                value,
+                loaded_at: Instant::now(),
+            },
+        );
+    }
+
     fn lookup(&self, key: &str, map: impl Fn(&Maps) -> &HashMap<String, Slot>) -> Lookup {
         // Read the epoch first: an invalidation after this point makes the
         // fill's epoch stale, so the fill is not kept.
@@ -121,9 +249,8 @@ impl EntitlementCache {
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        if maps.by_id.len() + maps.by_external.len() >= self.max_entries {
-            maps.by_id.clear();
-            maps.by_external.clear();
+        if maps.len() >= self.max_entries {
+            maps.clear();
         }
         let now = Instant::now();
         if let Some(id) = value
@@ -155,8 +282,7 @@ impl EntitlementCache {
         let mut maps = self.maps.lock().expect("cache lock");
         self.epoch.fetch_add(1, Ordering::AcqRel);
         if payload == CLEAR_ALL {
-            maps.by_id.clear();
-            maps.by_external.clear();
+            maps.clear();
             return;
         }
         for token in payload.split(',') {
@@ -165,8 +291,13 @@ impl EntitlementCache {
                 // An external id may still point at this customer.
                 maps.by_external
                     .retain(|_, slot| slot.value.as_ref().is_none_or(|v| v.customer_id != id));
+                // And people who are its members.
+                for person in maps.people_of_customer.remove(id).unwrap_or_default() {
+                    maps.forget_person(&person);
+                }
             } else if let Some(external_id) = token.strip_prefix("x:") {
                 maps.by_external.remove(external_id);
+                maps.forget_person(external_id);
             }
         }
     }
@@ -187,8 +318,59 @@ mod tests {
     fn customer(id: &str, benefits: &[&str]) -> Cached {
         Some(Arc::new(CustomerEntitlements {
             customer_id: id.to_owned(),
-            benefits: benefits.iter().map(|b| b.to_string()).collect(),
+            holdings: benefits
+                .iter()
+                .map(|b| Holding {
+                    benefit_id: b.to_string(),
+                    grant_id: format!("grant-{b}"),
+                    customer_id: id.to_owned(),
+                    member_id: None,
+                })
+                .collect(),
         }))
+    }
+
+    fn member_of(customers: &[&str]) -> Arc<PersonEntitlements> {
+        Arc::new(PersonEntitlements {
+            customers: customers.iter().map(|c| c.to_string()).collect(),
+            holdings: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_person_is_forgotten_when_any_customer_it_belongs_to_changes() {
+        let cache = listening_cache();
+        for person in ["usr_1", "usr_2"] {
+            let PersonLookup::Miss { epoch } = cache.by_person(person) else {
+                panic!("empty cache hit")
+            };
+            cache.fill_person(epoch, person, member_of(&["team_a", "team_b"]));
+        }
+        assert!(matches!(cache.by_person("usr_1"), PersonLookup::Hit(_)));
+        cache.invalidate("c:team_b");
+        assert!(matches!(
+            cache.by_person("usr_1"),
+            PersonLookup::Miss { .. }
+        ));
+        assert!(matches!(
+            cache.by_person("usr_2"),
+            PersonLookup::Miss { .. }
+        ));
+        let PersonLookup::Miss { epoch } = cache.by_person("usr_1") else {
+            panic!()
+        };
+        cache.fill_person(epoch, "usr_1", member_of(&[]));
+        cache.invalidate("c:team_a");
+        assert!(
+            matches!(cache.by_person("usr_1"), PersonLookup::Hit(_)),
+            "a refilled entry is indexed by its new customers only"
+        );
+        cache.invalidate("x:usr_1");
+        assert!(
+            matches!(cache.by_person("usr_1"), PersonLookup::Miss { .. }),
+            "a new member or customer with the external id"
+        );
+        assert!(cache.maps.lock().unwrap().people_of_customer.is_empty());
     }
 
     fn listening_cache() -> EntitlementCache {

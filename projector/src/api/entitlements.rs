@@ -1,19 +1,99 @@
 //! `GET /v1/entitlements/check`: the feature gate's hot path. Does this
-//! customer hold this benefit right now? Answered from the replica's
-//! [`EntitlementCache`](super::EntitlementCache) when it can be, else by one
-//! query for all of the customer's granted benefits, which is then cached.
+//! customer, member or person hold this benefit right now? Answered from the
+//! replica's [`EntitlementCache`](super::EntitlementCache) when it can be,
+//! else by one query for everything the customer or person holds, which is
+//! then cached.
 //!
-//! Unknown and deleted customers are simply not entitled (200, `granted:
-//! false`, `customer_id: null`): a gate should not need to tell the two apart.
+//! Three questions, by which parameter names the subject:
+//!
+//! - `customer_id` or `external_customer_id`: the customer as a whole. For a
+//!   team, any of its members holding it counts.
+//! - `external_id`: the person, an app's user. X holds Y if an individual
+//!   customer with external id X does, or any live member with external id X,
+//!   in any customer, does through a grant of its own. A team's own external
+//!   id is its owner member's, so other members' grants do not count for it.
+//!   `customer_id` or `external_customer_id` beside it keeps only grants
+//!   within that customer.
+//! - `external_member_id`: only members with that external id, optionally
+//!   within one customer.
+//!
+//! A member's grant stops counting as soon as the member is deleted or the
+//! seat it came through is revoked, before Polar's `benefit_grant.revoked`
+//! for it arrives (those are separate jobs, seconds later).
+//!
+//! Unknown and deleted subjects are simply not entitled (200, `granted:
+//! false`): a gate should not need to tell the two apart. Every answer lists
+//! the grants it rests on (`via`).
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
+use serde_json::{Value, json};
 
-use std::sync::Arc;
-
-use super::entitlement_cache::{Cached, CustomerEntitlements, Lookup};
+use super::entitlement_cache::{
+    Cached, CustomerEntitlements, Holding, Lookup, PersonEntitlements, PersonHolding, PersonLookup,
+    Through,
+};
 use super::params::QueryParams;
 use super::{ApiError, ApiState, json_text};
+
+/// What the request asks about.
+#[derive(Debug, Clone, Copy)]
+enum Subject<'a> {
+    Customer(CustomerKey<'a>),
+    Person {
+        external_id: &'a str,
+        within: Option<CustomerKey<'a>>,
+        members_only: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum CustomerKey<'a> {
+    Id(&'a str),
+    External(&'a str),
+}
+
+fn subject(params: &QueryParams) -> Result<Subject<'_>, ApiError> {
+    let nonempty = |key: &str| -> Result<Option<&str>, ApiError> {
+        Ok(params.one(key)?.filter(|v| !v.is_empty()))
+    };
+    let customer = match (nonempty("customer_id")?, nonempty("external_customer_id")?) {
+        (Some(id), None) => Some(CustomerKey::Id(id)),
+        (None, Some(external_id)) => Some(CustomerKey::External(external_id)),
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "customer_id",
+                "give at most one of customer_id and external_customer_id",
+            ));
+        }
+    };
+    match (nonempty("external_id")?, nonempty("external_member_id")?) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "external_id",
+            "give at most one of external_id and external_member_id",
+        )),
+        (Some(external_id), None) => Ok(Subject::Person {
+            external_id,
+            within: customer,
+            members_only: false,
+        }),
+        (None, Some(external_id)) => Ok(Subject::Person {
+            external_id,
+            within: customer,
+            members_only: true,
+        }),
+        (None, None) => customer.map(Subject::Customer).ok_or_else(|| {
+            ApiError::invalid(
+                "customer_id",
+                "give one of customer_id, external_customer_id, external_id and external_member_id",
+            )
+        }),
+    }
+}
 
 pub async fn check(
     State(state): State<ApiState>,
@@ -24,87 +104,233 @@ pub async fn check(
         .one("benefit_id")?
         .filter(|b| !b.is_empty())
         .ok_or_else(|| ApiError::invalid("benefit_id", "is required"))?;
-    let customer_id = params.one("customer_id")?.filter(|c| !c.is_empty());
-    let external_id = params
-        .one("external_customer_id")?
-        .filter(|c| !c.is_empty());
-    let lookup = match (customer_id, external_id) {
-        (Some(id), None) => Key::Id(id),
-        (None, Some(external_id)) => Key::External(external_id),
-        _ => {
-            return Err(ApiError::invalid(
-                "customer_id",
-                "give exactly one of customer_id and external_customer_id",
-            ));
+    let answer = match subject(&params)? {
+        Subject::Customer(key) => {
+            let customer = customer_entitlements(&state, key).await?;
+            let via: Vec<&Holding> = customer
+                .as_ref()
+                .map(|c| c.holdings_of(benefit_id).collect())
+                .unwrap_or_default();
+            json!({
+                "granted": !via.is_empty(),
+                "customer_id": customer.as_ref().map(|c| c.customer_id.as_str()),
+                "benefit_id": benefit_id,
+                "via": via.iter().map(|h| via_json(h)).collect::<Vec<Value>>(),
+            })
         }
-    };
-    let cached = match lookup {
-        Key::Id(id) => state.cache.by_id(id),
-        Key::External(external_id) => state.cache.by_external_id(external_id),
-    };
-    let customer = match cached {
-        Lookup::Hit(customer) => {
-            state.metrics.cache_hits.inc();
-            customer
-        }
-        Lookup::Miss { epoch } => {
-            state.metrics.cache_misses.inc();
-            let customer = load(&state, lookup).await?;
-            let (by_external, by_id) = match lookup {
-                Key::Id(id) => (None, Some(id)),
-                Key::External(external_id) => (Some(external_id), None),
-            };
-            state
-                .cache
-                .fill(epoch, by_external, by_id, customer.clone());
-            customer
-        }
-    };
-    let answer = match customer {
-        Some(c) => serde_json::json!({
-            "granted": c.benefits.contains(benefit_id), "customer_id": c.customer_id, "benefit_id": benefit_id,
-        }),
-        None => {
-            serde_json::json!({"granted": false, "customer_id": null, "benefit_id": benefit_id})
+        Subject::Person {
+            external_id,
+            within,
+            members_only,
+        } => {
+            let person = person_entitlements(&state, external_id).await?;
+            let mut seen = HashSet::new();
+            let via: Vec<&Holding> = person
+                .holdings
+                .iter()
+                .filter(|h| h.holding.benefit_id == benefit_id)
+                .filter(|h| !members_only || h.through == Through::Member)
+                .filter(|h| match within {
+                    None => true,
+                    Some(CustomerKey::Id(id)) => h.holding.customer_id == id,
+                    Some(CustomerKey::External(external_id)) => {
+                        h.customer_external_id.as_deref() == Some(external_id)
+                    }
+                })
+                .map(|h| &h.holding)
+                // One grant can be reached both ways (an individual customer's
+                // grants are its owner member's).
+                .filter(|h| seen.insert(h.grant_id.as_str()))
+                .collect();
+            let first = via.first();
+            json!({
+                "granted": !via.is_empty(),
+                "external_id": external_id,
+                "customer_id": first.map(|h| h.customer_id.as_str()),
+                "member_id": first.and_then(|h| h.member_id.as_deref()),
+                "benefit_id": benefit_id,
+                "via": via.iter().map(|h| via_json(h)).collect::<Vec<Value>>(),
+            })
         }
     };
     Ok(json_text(answer.to_string()))
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Key<'a> {
-    Id(&'a str),
-    External(&'a str),
+fn via_json(holding: &Holding) -> Value {
+    json!({
+        "customer_id": holding.customer_id,
+        "member_id": holding.member_id,
+        "grant_id": holding.grant_id,
+    })
 }
 
-/// Every benefit a live customer holds, in one query.
-async fn load(state: &ApiState, key: Key<'_>) -> Result<Cached, ApiError> {
-    const COLUMNS: &str = "select c.id,
-            coalesce(array_agg(distinct e.benefit_id) filter (where e.benefit_id is not null), '{}')
-         from projection.customers c
-         left join projection.effective_grants e on e.customer_id = c.id";
-    let row: Option<(String, Vec<String>)> = match key {
-        Key::Id(id) => {
-            sqlx::query_as(&format!("{COLUMNS} where c.id = $1 and c.deleted_at is null group by c.id"))
-                .bind(id)
-                .fetch_optional(&state.pool)
-                .await?
+async fn customer_entitlements(state: &ApiState, key: CustomerKey<'_>) -> Result<Cached, ApiError> {
+    let cached = match key {
+        CustomerKey::Id(id) => state.cache.by_id(id),
+        CustomerKey::External(external_id) => state.cache.by_external_id(external_id),
+    };
+    match cached {
+        Lookup::Hit(customer) => {
+            state.metrics.cache_hits.inc();
+            Ok(customer)
         }
-        // Polar keeps external ids unique among live customers; while events
-        // are still arriving two may briefly share one, so pick deterministically.
-        Key::External(external_id) => {
-            sqlx::query_as(&format!(
-                "{COLUMNS} where c.external_id = $1 and c.deleted_at is null group by c.id order by c.id limit 1"
-            ))
-            .bind(external_id)
-            .fetch_optional(&state.pool)
-            .await?
+        Lookup::Miss { epoch } => {
+            state.metrics.cache_misses.inc();
+            let customer = load_customer(state, key).await?;
+            let (by_external, by_id) = match key {
+                CustomerKey::Id(id) => (None, Some(id)),
+                CustomerKey::External(external_id) => (Some(external_id), None),
+            };
+            state
+                .cache
+                .fill(epoch, by_external, by_id, customer.clone());
+            Ok(customer)
+        }
+    }
+}
+
+async fn person_entitlements(
+    state: &ApiState,
+    external_id: &str,
+) -> Result<Arc<PersonEntitlements>, ApiError> {
+    match state.cache.by_person(external_id) {
+        PersonLookup::Hit(person) => {
+            state.metrics.cache_hits.inc();
+            Ok(person)
+        }
+        PersonLookup::Miss { epoch } => {
+            state.metrics.cache_misses.inc();
+            let person = Arc::new(load_person(state, external_id).await?);
+            state.cache.fill_person(epoch, external_id, person.clone());
+            Ok(person)
+        }
+    }
+}
+
+/// A customer and one of its effective grants (none: a customer without any).
+#[derive(sqlx::FromRow)]
+struct GrantRow {
+    customer_id: String,
+    benefit_id: Option<String>,
+    grant_id: Option<String>,
+    member_id: Option<String>,
+}
+
+impl GrantRow {
+    fn holding(self) -> Option<Holding> {
+        Some(Holding {
+            benefit_id: self.benefit_id?,
+            grant_id: self.grant_id?,
+            customer_id: self.customer_id,
+            member_id: self.member_id,
+        })
+    }
+}
+
+/// A customer a person belongs to, how, and one grant it holds there.
+#[derive(sqlx::FromRow)]
+struct PersonGrantRow {
+    #[sqlx(flatten)]
+    grant: GrantRow,
+    customer_external_id: Option<String>,
+    as_member: bool,
+}
+
+/// Every grant a live customer holds, in one query.
+async fn load_customer(state: &ApiState, key: CustomerKey<'_>) -> Result<Cached, ApiError> {
+    // Polar keeps external ids unique among live customers; while events
+    // are still arriving two may briefly share one, so pick deterministically.
+    let customer = match key {
+        CustomerKey::Id(_) => {
+            "select c.id from projection.customers c
+             where c.id = $1 and c.deleted_at is null"
+        }
+        CustomerKey::External(_) => {
+            "select c.id from projection.customers c
+             where c.external_id = $1 and c.deleted_at is null order by c.id limit 1"
         }
     };
-    Ok(row.map(|(customer_id, benefits)| {
-        Arc::new(CustomerEntitlements {
-            customer_id,
-            benefits: benefits.into_iter().collect(),
-        })
-    }))
+    let value = match key {
+        CustomerKey::Id(v) | CustomerKey::External(v) => v,
+    };
+    let rows: Vec<GrantRow> = sqlx::query_as(&format!(
+        "with customer as ({customer})
+             select c.id as customer_id, e.benefit_id, e.grant_id, e.member_id
+             from customer c
+             left join projection.effective_grants e on e.customer_id = c.id
+             order by e.benefit_id, e.grant_id"
+    ))
+    .bind(value)
+    .fetch_all(&state.pool)
+    .await?;
+    let Some(customer_id) = rows.first().map(|r| r.customer_id.clone()) else {
+        return Ok(None);
+    };
+    let holdings = rows.into_iter().filter_map(GrantRow::holding).collect();
+    Ok(Some(Arc::new(CustomerEntitlements {
+        customer_id,
+        holdings,
+    })))
+}
+
+/// Everything one external id holds as a person, in one query: through
+/// individual customers with that external id, and through live members
+/// with it (whose customer is not deleted), each member only its own grants
+/// and none whose seat was revoked after the grant was last seen granted.
+async fn load_person(state: &ApiState, external_id: &str) -> Result<PersonEntitlements, ApiError> {
+    let rows: Vec<PersonGrantRow> = sqlx::query_as(
+        "with people as (
+             select c.id as customer_id, c.external_id as customer_external_id,
+                    null::text as member_id
+             from projection.customers c
+             where c.external_id = $1 and c.deleted_at is null
+               and c.type is distinct from 'team'
+           union all
+             select m.customer_id, c.external_id, m.id
+             from projection.members m
+             left join projection.customers c on c.id = m.customer_id
+             where m.external_id = $1 and m.deleted_at is null and c.deleted_at is null
+         )
+         select p.customer_id, p.customer_external_id, p.member_id is not null as as_member,
+                e.benefit_id, e.grant_id, e.member_id
+         from people p
+         left join lateral (
+             select e.benefit_id, e.grant_id, e.member_id
+             from projection.effective_grants e
+             where e.customer_id = p.customer_id
+               and (p.member_id is null or (
+                    e.member_id = p.member_id
+                    and not exists (
+                        select 1 from projection.seat_holders h
+                        join projection.customer_seats s on s.id = h.id
+                        where h.member_id = e.member_id
+                          and s.subscription_id = e.subscription_id
+                          and s.status = 'revoked' and s.revoked_at >= e.v_at)))
+         ) e on true
+         order by e.benefit_id, e.grant_id, p.customer_id",
+    )
+    .bind(external_id)
+    .fetch_all(&state.pool)
+    .await?;
+    let mut customers = BTreeSet::new();
+    let mut holdings = Vec::new();
+    for row in rows {
+        customers.insert(row.grant.customer_id.clone());
+        let Some(holding) = row.grant.holding() else {
+            continue;
+        };
+        holdings.push(PersonHolding {
+            holding,
+            through: if row.as_member {
+                Through::Member
+            } else {
+                Through::Customer
+            },
+            customer_external_id: row.customer_external_id,
+        });
+    }
+    Ok(PersonEntitlements {
+        customers: customers.into_iter().collect(),
+        holdings,
+    })
 }

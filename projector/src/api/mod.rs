@@ -7,10 +7,13 @@
 //! without being parsed here.
 
 mod benefit_grants;
+mod customer_meters;
 mod customers;
 pub mod entitlement_cache;
 mod entitlements;
 mod error;
+mod list;
+mod members;
 mod params;
 mod subscriptions;
 
@@ -56,6 +59,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/subscriptions", get(subscriptions::list))
         .route("/v1/benefit-grants/", get(benefit_grants::list))
         .route("/v1/benefit-grants", get(benefit_grants::list))
+        .route("/v1/members/", get(members::list))
+        .route("/v1/members", get(members::list))
+        .route("/v1/customer-meters/", get(customer_meters::list))
+        .route("/v1/customer-meters", get(customer_meters::list))
         .route("/v1/entitlements/check", get(entitlements::check))
         .route_layer(middleware::from_fn(refuse_nul))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));

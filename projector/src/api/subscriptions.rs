@@ -7,6 +7,7 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 
+use super::list::{Arg, List};
 use super::params::QueryParams;
 use super::{ApiError, ApiState, json_text};
 
@@ -52,45 +53,28 @@ pub async fn list(
     let active = params.boolean("active")?;
     let cancel_at_period_end = params.boolean("cancel_at_period_end")?;
 
-    let filter = "
+    List {
+        from: "projection.subscriptions s",
+        item: "s.snapshot",
+        key: "s.id",
+        filter: "
         where ($1::text[] is null or s.customer_id = any($1))
           and ($2::text[] is null or s.customer_id in (
                 select c.id from projection.customers c where c.external_id = any($2)))
           and ($3::text[] is null or s.product_id = any($3))
           and ($4::text[] is null or s.status = any($4))
           and ($5::boolean is null or (s.status in ('active', 'trialing')) = $5)
-          and ($6::boolean is null or (s.snapshot -> 'cancel_at_period_end') = to_jsonb($6))";
-    let total: i64 = sqlx::query_scalar(&format!(
-        "select count(*) from projection.subscriptions s {filter}"
-    ))
-    .bind(&customer_ids)
-    .bind(&external_ids)
-    .bind(&product_ids)
-    .bind(&statuses)
-    .bind(active)
-    .bind(cancel_at_period_end)
-    .fetch_one(&state.pool)
-    .await?;
-    let items: String = sqlx::query_scalar(&format!(
-        "select coalesce(jsonb_agg(snapshot order by position), '[]'::jsonb)::text from (
-             select s.snapshot, row_number() over (order by {order}, s.id) as position
-             from projection.subscriptions s {filter}
-             order by {order}, s.id
-             limit $7 offset $8
-         ) page"
-    ))
-    .bind(&customer_ids)
-    .bind(&external_ids)
-    .bind(&product_ids)
-    .bind(&statuses)
-    .bind(active)
-    .bind(cancel_at_period_end)
-    .bind(page.limit)
-    .bind(page.offset())
-    .fetch_one(&state.pool)
-    .await?;
-    Ok(json_text(format!(
-        r#"{{"items":{items},"pagination":{}}}"#,
-        page.pagination_json(total)
-    )))
+          and ($6::boolean is null or (s.snapshot -> 'cancel_at_period_end') = to_jsonb($6))",
+        order,
+        args: vec![
+            Arg::Texts(customer_ids),
+            Arg::Texts(external_ids),
+            Arg::Texts(product_ids),
+            Arg::Texts(statuses),
+            Arg::Flag(active),
+            Arg::Flag(cancel_at_period_end),
+        ],
+    }
+    .page(&state.pool, page)
+    .await
 }

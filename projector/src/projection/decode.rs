@@ -2,8 +2,8 @@
 //!
 //! Every Polar payload is a full snapshot of its object, so an event becomes
 //! one or more versioned upserts: the object itself, and the full snapshots
-//! embedded in it (a subscription's customer and product, a grant's customer
-//! and benefit). `customer.state_changed` also becomes a [`StateChange`], the
+//! embedded in it (a subscription's customer and product, a grant's customer,
+//! benefit and member, a seat's member). `customer.state_changed` also becomes a [`StateChange`], the
 //! customer's list of what is active as of the event's timestamp.
 //!
 //! Embedded objects in a *reduced* shape (an order's product, a checkout's
@@ -38,10 +38,13 @@ pub enum Table {
     Checkouts,
     Products,
     Benefits,
+    Members,
+    CustomerSeats,
+    SeatHolders,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 10] = [
         Table::Customers,
         Table::Products,
         Table::Benefits,
@@ -49,6 +52,9 @@ impl Table {
         Table::BenefitGrants,
         Table::Orders,
         Table::Checkouts,
+        Table::Members,
+        Table::CustomerSeats,
+        Table::SeatHolders,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +66,9 @@ impl Table {
             Self::Checkouts => "checkouts",
             Self::Products => "products",
             Self::Benefits => "benefits",
+            Self::Members => "members",
+            Self::CustomerSeats => "customer_seats",
+            Self::SeatHolders => "seat_holders",
         }
     }
 
@@ -71,8 +80,13 @@ impl Table {
     /// others keep the text the projector has already parsed, byte for byte.
     pub fn snapshot_type(self) -> &'static str {
         match self {
-            Self::Customers | Self::Subscriptions | Self::BenefitGrants | Self::Benefits => "jsonb",
-            Self::Orders | Self::Checkouts | Self::Products => "text",
+            Self::Customers
+            | Self::Subscriptions
+            | Self::BenefitGrants
+            | Self::Benefits
+            | Self::Members
+            | Self::CustomerSeats => "jsonb",
+            Self::Orders | Self::Checkouts | Self::Products | Self::SeatHolders => "text",
         }
     }
 
@@ -84,6 +98,7 @@ impl Table {
                 ("external_id", "text"),
                 ("email", "text"),
                 ("deleted_at", "timestamptz"),
+                ("type", "text"),
             ],
             Self::Subscriptions => &[
                 ("customer_id", "text"),
@@ -100,6 +115,7 @@ impl Table {
                 ("is_granted", "boolean"),
                 ("is_revoked", "boolean"),
                 ("created_at", "timestamptz"),
+                ("member_id", "text"),
             ],
             Self::Orders => &[
                 ("customer_id", "text"),
@@ -111,6 +127,23 @@ impl Table {
                 ("external_customer_id", "text"),
                 ("status", "text"),
             ],
+            Self::Members => &[
+                ("customer_id", "text"),
+                ("external_id", "text"),
+                ("email", "text"),
+                ("role", "text"),
+                ("created_at", "timestamptz"),
+                ("deleted_at", "timestamptz"),
+            ],
+            Self::CustomerSeats => &[
+                ("customer_id", "text"),
+                ("subscription_id", "text"),
+                ("order_id", "text"),
+                ("status", "text"),
+                ("member_id", "text"),
+                ("revoked_at", "timestamptz"),
+            ],
+            Self::SeatHolders => &[("customer_id", "text"), ("member_id", "text")],
             Self::Products | Self::Benefits => &[],
         }
     }
@@ -198,7 +231,7 @@ pub enum Decoded<'a> {
         changes: Changes<'a>,
     },
     /// A well-formed event of a type no projection uses (refunds, discounts,
-    /// seats...), or one this version does not know.
+    /// organizations...), or one this version does not know.
     Ignored { event_type: Cow<'a, str> },
 }
 
@@ -240,6 +273,46 @@ struct CustomerData<'a> {
     email: Option<Cow<'a, str>>,
     #[serde(default)]
     deleted_at: Option<DateTime<Utc>>,
+    #[serde(borrow, default, rename = "type")]
+    customer_type: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct MemberData<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    created_at: DateTime<Utc>,
+    modified_at: Option<DateTime<Utc>>,
+    #[serde(borrow)]
+    customer_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    external_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    email: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct SeatData<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    created_at: DateTime<Utc>,
+    modified_at: Option<DateTime<Utc>>,
+    #[serde(borrow, default)]
+    customer_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    subscription_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    order_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(borrow, default)]
+    member_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    revoked_at: Option<DateTime<Utc>>,
+    #[serde(borrow, default)]
+    member: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -279,9 +352,13 @@ struct GrantData<'a> {
     is_granted: bool,
     is_revoked: bool,
     #[serde(borrow, default)]
+    member_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
     customer: Option<&'a RawValue>,
     #[serde(borrow, default)]
     benefit: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    member: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -392,6 +469,7 @@ pub fn decode(event: &IncomingEvent) -> Result<Decoded<'_>, DecodeError> {
             let g: GrantData<'_> = parse(data).map_err(fail)?;
             push_embedded_customer(&mut changes, g.customer, embedded).map_err(fail)?;
             push_embedded_meta(&mut changes, Table::Benefits, g.benefit, embedded).map_err(fail)?;
+            push_embedded_member(&mut changes, g.member, embedded).map_err(fail)?;
             changes.objects.push(ObjectChange {
                 table: Table::BenefitGrants,
                 id: g.id,
@@ -405,6 +483,7 @@ pub fn decode(event: &IncomingEvent) -> Result<Decoded<'_>, DecodeError> {
                     Column::Bool(g.is_granted),
                     Column::Bool(g.is_revoked),
                     Column::Time(Some(g.created_at)),
+                    Column::Text(g.member_id),
                 ],
             });
         }
@@ -436,6 +515,25 @@ pub fn decode(event: &IncomingEvent) -> Result<Decoded<'_>, DecodeError> {
                     Column::Text(Some(c.status)),
                 ],
             });
+        }
+        ("member", "member.created" | "member.updated" | "member.deleted") => {
+            let m: MemberData<'_> = parse(data).map_err(fail)?;
+            // Polar's Member has no deletion time: `member.deleted` carries
+            // the member as it was. Its version is the deletion's own, which
+            // no snapshot of the member embedded elsewhere can beat.
+            let deleted_at = (envelope.event_type == "member.deleted")
+                .then(|| m.modified_at.unwrap_or(occurred));
+            changes
+                .objects
+                .push(member_change(m, data, deleted_at, own));
+        }
+        (
+            "customer_seat",
+            "customer_seat.assigned" | "customer_seat.claimed" | "customer_seat.revoked",
+        ) => {
+            let seat: SeatData<'_> = parse(data).map_err(fail)?;
+            push_embedded_member(&mut changes, seat.member, embedded).map_err(fail)?;
+            push_seat(&mut changes, seat, data, own);
         }
         ("product", "product.created" | "product.updated") => {
             push_meta(&mut changes, Table::Products, data, own).map_err(fail)?;
@@ -477,8 +575,85 @@ fn customer_change<'a>(
             Column::Text(c.external_id),
             Column::Text(c.email),
             Column::Time(c.deleted_at),
+            Column::Text(c.customer_type),
         ],
     }
+}
+
+fn member_change<'a>(
+    m: MemberData<'a>,
+    raw: &'a RawValue,
+    deleted_at: Option<DateTime<Utc>>,
+    version: impl Fn(DateTime<Utc>) -> Version,
+) -> ObjectChange<'a> {
+    ObjectChange {
+        table: Table::Members,
+        version: version(m.modified_at.unwrap_or(m.created_at)),
+        id: m.id,
+        snapshot: Cow::Borrowed(raw.get()),
+        columns: vec![
+            Column::Text(Some(m.customer_id)),
+            Column::Text(m.external_id),
+            Column::Text(m.email),
+            Column::Text(m.role),
+            Column::Time(Some(m.created_at)),
+            Column::Time(deleted_at),
+        ],
+    }
+}
+
+/// Members are not always announced (a seat assigned by email creates one
+/// without `member.created`), so every embedded member is projected too.
+fn push_embedded_member<'a>(
+    changes: &mut Changes<'a>,
+    raw: Option<&'a RawValue>,
+    version: impl Fn(DateTime<Utc>) -> Version,
+) -> Result<(), String> {
+    if let Some(raw) = raw.filter(|r| r.get() != "null") {
+        let m: MemberData<'_> = parse(raw).map_err(|e| format!("embedded member: {e}"))?;
+        changes.objects.push(member_change(m, raw, None, version));
+    }
+    Ok(())
+}
+
+/// A seat and, when the seat names its member, its holder. A
+/// revoked seat no longer names anyone (Polar clears `member_id` and
+/// `customer_id`), so who held it is kept apart, in `seat_holders`: the
+/// member of the newest snapshot that names one, which every delivery order
+/// agrees on.
+fn push_seat<'a>(
+    changes: &mut Changes<'a>,
+    seat: SeatData<'a>,
+    raw: &'a RawValue,
+    version: impl Fn(DateTime<Utc>) -> Version,
+) {
+    let at = seat.modified_at.unwrap_or(seat.created_at);
+    if let Some(member_id) = &seat.member_id {
+        changes.objects.push(ObjectChange {
+            table: Table::SeatHolders,
+            id: seat.id.clone(),
+            version: version(at),
+            snapshot: Cow::Borrowed(seat.member.map_or("null", RawValue::get)),
+            columns: vec![
+                Column::Text(seat.customer_id.clone()),
+                Column::Text(Some(member_id.clone())),
+            ],
+        });
+    }
+    changes.objects.push(ObjectChange {
+        table: Table::CustomerSeats,
+        id: seat.id,
+        version: version(at),
+        snapshot: Cow::Borrowed(raw.get()),
+        columns: vec![
+            Column::Text(seat.customer_id),
+            Column::Text(seat.subscription_id),
+            Column::Text(seat.order_id),
+            Column::Text(Some(seat.status)),
+            Column::Text(seat.member_id),
+            Column::Time(seat.revoked_at),
+        ],
+    });
 }
 
 fn push_embedded_customer<'a>(

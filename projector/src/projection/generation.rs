@@ -12,7 +12,7 @@ use sqlx::{Executor as _, PgConnection, PgPool};
 
 /// Version of `generation.sql`. A live generation built with another version
 /// must be rebuilt (`projector replay`) before this binary serves it.
-pub const DDL_VERSION: i32 = 2;
+pub const DDL_VERSION: i32 = 3;
 
 const DDL: &str = include_str!("generation.sql");
 
@@ -28,7 +28,11 @@ const READER_RELATIONS: &[&str] = &[
     "benefit_grants",
     "orders",
     "checkouts",
+    "members",
+    "customer_seats",
+    "seat_holders",
     "customer_states",
+    "customer_meters",
     "apply_failures",
     "effective_grants",
     "effective_subscriptions",
@@ -230,6 +234,15 @@ async fn activate_locked(
         sqlx::query_scalar("select generation from projection_live for update")
             .fetch_optional(&mut *tx)
             .await?;
+    let existing: Vec<String> = sqlx::query_scalar(
+        "select format('projection.%I', c.relname) from pg_class c
+         join pg_namespace n on n.oid = c.relnamespace
+         where n.nspname = 'projection' and c.relname = any($1) order by 1",
+    )
+    .bind(READER_RELATIONS)
+    .fetch_all(&mut *tx)
+    .await?;
+    lock_without_deadlock(tx, &existing).await?;
     for relation in READER_RELATIONS {
         run_script(
             tx,
@@ -264,6 +277,60 @@ async fn activate_locked(
         None => None,
     };
     Ok(previous)
+}
+
+/// How long a generation switch or drop waits for one lock before it lets
+/// go of all it took and tries again.
+const LOCK_ATTEMPT_TIMEOUT: &str = "50ms";
+
+/// Takes `access exclusive` locks on `relations` in the caller's transaction
+/// without ever being part of a deadlock. A reader's query locks the views
+/// it names in its own order, which no fixed order here can match; waiting
+/// for its lock while holding another could deadlock, and Postgres would then
+/// cancel one side, possibly the reader. So each attempt waits at most
+/// [`LOCK_ATTEMPT_TIMEOUT`] per lock, far below Postgres's deadlock check
+/// (1 s by default), and on a timeout releases what it took and starts over.
+async fn lock_without_deadlock(tx: &mut PgConnection, relations: &[String]) -> anyhow::Result<()> {
+    if relations.is_empty() {
+        return Ok(());
+    }
+    let lock = format!(
+        "lock table {} in access exclusive mode",
+        relations.join(", ")
+    );
+    let mut pause = std::time::Duration::from_millis(5);
+    for attempt in 1.. {
+        run_script(
+            tx,
+            &format!("savepoint take_locks; set local lock_timeout = '{LOCK_ATTEMPT_TIMEOUT}'"),
+        )
+        .await?;
+        match run_script(tx, &lock).await {
+            Ok(()) => {
+                run_script(
+                    tx,
+                    "set local lock_timeout = 0; release savepoint take_locks",
+                )
+                .await?;
+                return Ok(());
+            }
+            Err(e) if is_lock_timeout(&e) && attempt < 200 => {
+                run_script(tx, "rollback to savepoint take_locks").await?;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::from(e).context("cannot lock the projection relations"));
+            }
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "55P03")
 }
 
 /// Runs SQL statements without parameters (simple query protocol).
@@ -315,6 +382,16 @@ pub async fn drop_generation(pool: &PgPool, generation: &Generation) -> anyhow::
             .fetch_one(&mut *tx)
             .await?;
     anyhow::ensure!(!is_live, "{generation} is live and cannot be dropped");
+    // Readers that began before the switch may still be reading it.
+    let tables: Vec<String> = sqlx::query_scalar(
+        "select format('%I.%I', n.nspname, c.relname) from pg_class c
+         join pg_namespace n on n.oid = c.relnamespace
+         where n.nspname = $1 and c.relkind in ('r', 'v') order by 1",
+    )
+    .bind(generation.name())
+    .fetch_all(&mut *tx)
+    .await?;
+    lock_without_deadlock(&mut tx, &tables).await?;
     run_script(
         &mut tx,
         &format!("drop schema if exists {generation} cascade"),

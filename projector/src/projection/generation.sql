@@ -18,9 +18,61 @@ create table {schema}.customers (
     snapshot    jsonb       not null,
     external_id text,
     email       text,
-    deleted_at  timestamptz
+    deleted_at  timestamptz,
+    type        text
 );
 create index on {schema}.customers (external_id) where external_id is not null;
+
+-- Members: the people who use what a customer pays for. An external id is
+-- unique only within its customer, so one may appear under several.
+-- `deleted_at` is set by `member.deleted` (Polar's Member has no such field).
+create table {schema}.members (
+    id          text primary key,
+    v_at        timestamptz not null,
+    v_rank      smallint    not null,
+    v_occurred  timestamptz not null,
+    v_seq       bigint      not null,
+    snapshot    jsonb       not null,
+    customer_id text        not null,
+    external_id text,
+    email       text,
+    role        text,
+    created_at  timestamptz not null,
+    deleted_at  timestamptz
+);
+create index on {schema}.members (external_id) where external_id is not null;
+create index on {schema}.members (customer_id);
+
+-- Seats of seat-based products, as last seen. A revoked seat names no
+-- member and no customer: seat_holders remembers who held it.
+create table {schema}.customer_seats (
+    id              text primary key,
+    v_at            timestamptz not null,
+    v_rank          smallint    not null,
+    v_occurred      timestamptz not null,
+    v_seq           bigint      not null,
+    snapshot        jsonb       not null,
+    customer_id     text,
+    subscription_id text,
+    order_id        text,
+    status          text        not null,
+    member_id       text,
+    revoked_at      timestamptz
+);
+
+-- For each seat, the member (and billing customer) of its newest snapshot
+-- that names one; the snapshot kept is that member object.
+create table {schema}.seat_holders (
+    id          text primary key,
+    v_at        timestamptz not null,
+    v_rank      smallint    not null,
+    v_occurred  timestamptz not null,
+    v_seq       bigint      not null,
+    snapshot    text        not null,
+    customer_id text,
+    member_id   text        not null
+);
+create index on {schema}.seat_holders (member_id);
 
 create table {schema}.products (
     id text primary key, v_at timestamptz not null, v_rank smallint not null,
@@ -60,7 +112,8 @@ create table {schema}.benefit_grants (
     order_id        text,
     is_granted      boolean     not null,
     is_revoked      boolean     not null,
-    created_at      timestamptz not null
+    created_at      timestamptz not null,
+    member_id       text
 );
 create index on {schema}.benefit_grants (customer_id, benefit_id);
 
@@ -115,8 +168,12 @@ create table {schema}.apply_failures (
 -- recomputing a customer whenever one of those changes keeps the
 -- materialised tables below exact whatever the order events arrive in.
 -- The benefit's current type and metadata are joined in at read time.
+--
+-- A grant's member (whose grant it is) comes from its row; a grant only a
+-- state lists has none until its own event arrives.
 create view {schema}.effective_grants_v as
     select g.customer_id, g.id as grant_id, g.benefit_id, g.created_at,
+           g.member_id, g.subscription_id, g.v_at,
            jsonb_build_object(
                'id', g.snapshot -> 'id',
                'created_at', g.snapshot -> 'created_at',
@@ -133,9 +190,11 @@ create view {schema}.effective_grants_v as
       and (cs.state_at is null or cs.state_at <= g.v_at)
   union all
     select cs.customer_id, listed.item ->> 'id', listed.item ->> 'benefit_id',
-           (listed.item ->> 'created_at')::timestamptz, listed.item
+           (listed.item ->> 'created_at')::timestamptz,
+           older.member_id, older.subscription_id, cs.state_at, listed.item
     from {schema}.customer_states cs
     cross join lateral jsonb_array_elements(cs.snapshot -> 'granted_benefits') as listed(item)
+    left join {schema}.benefit_grants older on older.id = listed.item ->> 'id'
     where not exists (
         select 1 from {schema}.benefit_grants g
         where g.id = listed.item ->> 'id' and g.v_at >= cs.state_at
@@ -192,6 +251,11 @@ create table {schema}.effective_grants (
     grant_id    text        not null,
     benefit_id  text        not null,
     created_at  timestamptz not null,
+    -- Whose grant it is, its subscription and the time of the evidence (the
+    -- grant's version, or the state's), for the member check's seat rule.
+    member_id       text,
+    subscription_id text,
+    v_at            timestamptz not null,
     item        jsonb       not null,
     primary key (customer_id, grant_id)
 );
@@ -204,3 +268,14 @@ create table {schema}.effective_subscriptions (
     item            jsonb       not null,
     primary key (customer_id, subscription_id)
 );
+
+-- Each customer's meters as its newest state lists them (`active_meters`),
+-- one row per customer and meter. Polar recomputes meters with a debounce
+-- and only then sends the state, so a balance here can lag Polar's.
+create view {schema}.customer_meters as
+    select cs.customer_id, m.item ->> 'meter_id' as meter_id, cs.state_at, m.item
+    from {schema}.customer_states cs
+    cross join lateral jsonb_array_elements(
+        case jsonb_typeof(cs.snapshot -> 'active_meters')
+            when 'array' then cs.snapshot -> 'active_meters' else '[]'::jsonb end
+    ) as m(item);

@@ -30,7 +30,7 @@ pub struct BatchOutcome {
     /// Customers whose rows, subscriptions, grants or state the batch wrote
     /// (or tried to: an older version is written nowhere but still listed).
     pub changed_customers: BTreeSet<String>,
-    /// External ids named by the customer snapshots the batch wrote.
+    /// External ids named by the customer and member snapshots the batch wrote.
     pub changed_external_ids: BTreeSet<String>,
 }
 
@@ -241,9 +241,19 @@ impl<'a> Reduction<'a> {
         tx: &mut PgConnection,
         generation: &Generation,
     ) -> sqlx::Result<BatchOutcome> {
-        let (outcome, recompute, rows) = self.take();
+        let (mut outcome, recompute, rows) = self.take();
         for statement in rows.statements() {
             statement.run(tx, generation).await?;
+        }
+        if !rows.unattributed_seats.is_empty() {
+            let customers: Vec<String> = sqlx::query_scalar(&format!(
+                "select customer_id from {} where id = any($1) and customer_id is not null",
+                generation.qualify("seat_holders")
+            ))
+            .bind(&rows.unattributed_seats)
+            .fetch_all(&mut *tx)
+            .await?;
+            outcome.changed_customers.extend(customers);
         }
         if !recompute.is_empty() {
             let customers: Vec<&str> = recompute.iter().map(String::as_str).collect();
@@ -307,16 +317,35 @@ impl<'a> Reduction<'a> {
             }
         }
         recompute.extend(states.keys().cloned());
-        // ...and, for caches, every customer the batch wrote anything about. A
-        // customer row alone does not change who holds what, so it is reported
-        // but not recomputed.
+        // ...and, for caches, every customer the batch wrote anything about,
+        // and every external id a customer or member it wrote is known by.
+        // A customer, member or seat row alone does not change who holds what
+        // in the effective tables, so it is reported but not recomputed.
         outcome.changed_customers = recompute.clone();
+        let mut unattributed_seats = Vec::new();
         for ((table, id), change) in &objects {
-            if *table == Table::Customers {
-                outcome.changed_customers.insert(id.clone());
-                if let Some(Column::Text(Some(external_id))) = change.columns.first() {
-                    outcome.changed_external_ids.insert(external_id.to_string());
+            let text = |i: usize| match change.columns.get(i) {
+                Some(Column::Text(Some(text))) => Some(text.to_string()),
+                _ => None,
+            };
+            match table {
+                Table::Customers => {
+                    outcome.changed_customers.insert(id.clone());
+                    outcome.changed_external_ids.extend(text(0));
                 }
+                Table::Members => {
+                    outcome.changed_customers.extend(text(0));
+                    outcome.changed_external_ids.extend(text(1));
+                }
+                Table::CustomerSeats | Table::SeatHolders => match text(0) {
+                    Some(customer_id) => {
+                        outcome.changed_customers.insert(customer_id);
+                    }
+                    // A revoked seat names no customer: its holder's is
+                    // looked up once the batch is written.
+                    None => unattributed_seats.push(id.clone()),
+                },
+                _ => {}
             }
         }
 
@@ -341,6 +370,7 @@ impl<'a> Reduction<'a> {
                 objects,
                 states,
                 failures,
+                unattributed_seats,
             },
         )
     }
@@ -353,6 +383,8 @@ struct Rows<'a> {
     states: Vec<StateChange<'a>>,
     /// By seq: webhook id, event type (if known), reason.
     failures: BTreeMap<i64, (String, Option<String>, String)>,
+    /// Seats written without a customer (revoked ones).
+    unattributed_seats: Vec<String>,
 }
 
 impl<'a> Rows<'a> {
@@ -547,7 +579,7 @@ pub async fn recompute_effective(
     for (table, columns) in [
         (
             "effective_grants",
-            "customer_id, grant_id, benefit_id, created_at, item",
+            "customer_id, grant_id, benefit_id, created_at, member_id, subscription_id, v_at, item",
         ),
         (
             "effective_subscriptions",

@@ -148,7 +148,8 @@ async fn entitlement_check(pool: PgPool) {
     };
     assert_eq!(
         check("external_customer_id=usr_0&benefit_id=ben").await.1,
-        json!({"granted": true, "customer_id": "cus_0", "benefit_id": "ben"})
+        json!({"granted": true, "customer_id": "cus_0", "benefit_id": "ben",
+               "via": [{"customer_id": "cus_0", "member_id": null, "grant_id": "g_0"}]})
     );
     assert_eq!(
         check("customer_id=cus_0&benefit_id=ben").await.1["granted"],
@@ -160,12 +161,31 @@ async fn entitlement_check(pool: PgPool) {
     );
     assert_eq!(
         check("external_customer_id=nobody&benefit_id=ben").await.1,
-        json!({"granted": false, "customer_id": null, "benefit_id": "ben"})
+        json!({"granted": false, "customer_id": null, "benefit_id": "ben", "via": []})
+    );
+    // The person: an individual customer's own external id.
+    assert_eq!(
+        check("external_id=usr_0&benefit_id=ben").await.1,
+        json!({"granted": true, "external_id": "usr_0", "customer_id": "cus_0", "member_id": null,
+               "benefit_id": "ben", "via": [{"customer_id": "cus_0", "member_id": null, "grant_id": "g_0"}]})
+    );
+    assert_eq!(
+        check("external_id=usr_0&customer_id=cus_1&benefit_id=ben")
+            .await
+            .1["granted"],
+        false,
+        "scoped to another customer"
+    );
+    assert_eq!(
+        check("external_member_id=usr_0&benefit_id=ben").await.1["granted"],
+        false,
+        "no member event was seen, so there is no member usr_0"
     );
     for bad in [
         "external_customer_id=usr_0",
         "benefit_id=ben",
         "customer_id=cus_0&external_customer_id=usr_0&benefit_id=ben",
+        "external_id=usr_0&external_member_id=usr_0&benefit_id=ben",
     ] {
         assert_eq!(check(bad).await.0, 422, "{bad}");
     }

@@ -5,5 +5,6 @@ mod api;
 mod consumer;
 mod families;
 mod helpers;
+mod members;
 mod order_independence;
 mod replay;

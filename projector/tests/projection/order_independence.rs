@@ -3,7 +3,8 @@
 //!
 //! The streams are polarsim's: every lifecycle Polar produces (renewals,
 //! dunning, cancellations, plan changes, shared benefits, deletions), with the
-//! envelopes and payloads Polar's own SDK accepts.
+//! envelopes and payloads Polar's own SDK accepts, teams with members and
+//! seats (assigned, claimed, revoked, members deleted) included.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -41,10 +42,21 @@ pub fn polarsim() -> PathBuf {
     path
 }
 
+fn polarsim_dir(seed: u32, customers: u32) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("polarsim-{seed}-{customers}"))
+}
+
+/// polarsim's `expected.json` for [`stream`]`(seed, customers)`.
+pub fn expected(seed: u32, customers: u32) -> serde_json::Value {
+    stream(seed, customers);
+    let text = std::fs::read_to_string(polarsim_dir(seed, customers).join("expected.json"))
+        .expect("expected.json");
+    serde_json::from_str(&text).expect("expected.json is JSON")
+}
+
 /// A polarsim stream, generated once per test binary and seed.
-fn stream(seed: u32, customers: u32) -> Vec<IncomingEvent> {
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("polarsim-{seed}-{customers}"));
+pub fn stream(seed: u32, customers: u32) -> Vec<IncomingEvent> {
+    let dir = polarsim_dir(seed, customers);
     let file = dir.join("events.jsonl");
     if !file.exists() {
         let status = Command::new("python3")

@@ -67,6 +67,67 @@ pub async fn polarsim_verify(dir: &Path, api: &str, token: &str) -> anyhow::Resu
     Ok((output.status.success(), report))
 }
 
+/// Asks a read API's entitlement check about every row of `entitlements` in
+/// `dir/expected.json` ("does external id X have benefit Y within customer
+/// C"), and about each external id and benefit without a customer (true when
+/// any of its rows is). Returns the rows asked and the answers that were
+/// wrong, each described.
+pub async fn check_entitlements(
+    dir: &Path,
+    api: &str,
+    token: &str,
+) -> anyhow::Result<(usize, Vec<String>)> {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json"))?)?;
+    let rows = expected["entitlements"]
+        .as_array()
+        .context("expected.json has no entitlements")?;
+    hookstream_shared::tls::use_ring_provider();
+    let client = reqwest::Client::new();
+    let ask = |query: Vec<(&'static str, String)>| {
+        let url = reqwest::Url::parse_with_params(&format!("{api}/v1/entitlements/check"), &query);
+        let client = &client;
+        async move {
+            let request = client.get(url?).bearer_auth(token);
+            let answer: serde_json::Value =
+                request.send().await?.error_for_status()?.json().await?;
+            anyhow::Ok(answer)
+        }
+    };
+    let mut anywhere: std::collections::BTreeMap<(String, String), bool> = Default::default();
+    let mut wrong = Vec::new();
+    for row in rows {
+        let field = |name: &str| row[name].as_str().unwrap_or_default().to_owned();
+        let (x, c, b) = (
+            field("external_id"),
+            field("customer_id"),
+            field("benefit_id"),
+        );
+        let want = row["granted"]
+            .as_bool()
+            .context("a row without `granted`")?;
+        *anywhere.entry((x.clone(), b.clone())).or_default() |= want;
+        let answer = ask(vec![
+            ("external_id", x),
+            ("customer_id", c),
+            ("benefit_id", b),
+        ])
+        .await?;
+        if answer["granted"].as_bool() != Some(want) {
+            wrong.push(format!("{row} answered {answer}"));
+        }
+    }
+    for ((x, b), want) in &anywhere {
+        let answer = ask(vec![("external_id", x.clone()), ("benefit_id", b.clone())]).await?;
+        if answer["granted"].as_bool() != Some(*want) {
+            wrong.push(format!(
+                "{x} / {b} in any customer: want {want}, answered {answer}"
+            ));
+        }
+    }
+    Ok((rows.len() + anywhere.len(), wrong))
+}
+
 /// Generates a stream into `dir` unless it is already there (polarsim is
 /// deterministic per seed and version, so a cached stream is the same stream).
 pub fn generate(dir: &Path, seed: u32, customers: u32, days: u32) -> anyhow::Result<()> {

@@ -344,7 +344,6 @@ async fn two_replicas_share_the_partitions_and_one_takes_over_when_the_other_lea
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
 async fn a_cached_entitlement_is_forgotten_as_soon_as_a_batch_revokes_it(pool: PgPool) {
     use crate::helpers::{Stream, benefit, customer, grant};
-    let topic = topic();
     let s = Stream::new();
     let c = customer("cus_1", Some("usr_1"), s.now(), None);
     let b = benefit("ben", s.now());
@@ -357,7 +356,59 @@ async fn a_cached_entitlement_is_forgotten_as_soon_as_a_batch_revokes_it(pool: P
         "benefit_grant.revoked",
         grant("g", &c, &b, None, false, t, Some(s.tick(60))),
     );
-    publish(&topic, std::slice::from_ref(&granted)).await;
+    forgotten_from_cache(
+        &pool,
+        &[granted],
+        &revoked,
+        "external_customer_id=usr_1&benefit_id=ben",
+    )
+    .await;
+}
+
+/// The hardest case for the person cache: a revoked seat names neither its
+/// member nor its customer, so the batch must find whom it concerned.
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn a_cached_person_is_forgotten_as_soon_as_their_seat_is_revoked(pool: PgPool) {
+    use crate::helpers::{Stream, benefit, grant};
+    use crate::members::{member, seat, team, to_member};
+    let s = Stream::new();
+    let t0 = s.now();
+    let acme = team("cus_team", "acme", t0);
+    let ada = member("mem_ada", "cus_team", Some("ada"), "member", t0, None);
+    let b = benefit("ben", t0);
+    let claimed = s.tick(1);
+    let before = [
+        s.event("customer.created", acme.clone()),
+        s.event(
+            "customer_seat.claimed",
+            seat("seat", "sub", Some(&ada), "claimed", claimed, None),
+        ),
+        s.event(
+            "benefit_grant.created",
+            to_member(
+                grant("g", &acme, &b, Some("sub"), true, claimed, None),
+                &ada,
+            ),
+        ),
+    ];
+    let revoked = s.event(
+        "customer_seat.revoked",
+        seat("seat", "sub", None, "revoked", claimed, Some(s.tick(60))),
+    );
+    forgotten_from_cache(&pool, &before, &revoked, "external_id=ada&benefit_id=ben").await;
+}
+
+/// Runs a projector over `before`, has `query` answered granted from its
+/// cache, then publishes `change` and expects the answer to turn false
+/// within moments of the batch's commit.
+async fn forgotten_from_cache(
+    pool: &PgPool,
+    before: &[IncomingEvent],
+    change: &IncomingEvent,
+    query: &str,
+) {
+    let topic = topic();
+    publish(&topic, before).await;
     let config = config(&topic, &[]);
     let app = Application::build_with_pool(config, pool.clone())
         .await
@@ -366,15 +417,13 @@ async fn a_cached_entitlement_is_forgotten_as_soon_as_a_batch_revokes_it(pool: P
     let metrics = app.metrics();
     let stop = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(stop.clone()));
-    wait_consumed(&pool, &topic.name, 1, Duration::from_secs(30)).await;
+    wait_consumed(pool, &topic.name, before.len(), Duration::from_secs(30)).await;
 
     hookstream_shared::tls::use_ring_provider();
     let client = reqwest::Client::new();
     let check = || async {
         let answer: serde_json::Value = client
-            .get(format!(
-                "{api}/v1/entitlements/check?external_customer_id=usr_1&benefit_id=ben"
-            ))
+            .get(format!("{api}/v1/entitlements/check?{query}"))
             .bearer_auth(TOKEN)
             .send()
             .await
@@ -387,18 +436,18 @@ async fn a_cached_entitlement_is_forgotten_as_soon_as_a_batch_revokes_it(pool: P
     // The listener connects right after start; until then checks read Postgres.
     let deadline = Instant::now() + Duration::from_secs(10);
     while metrics.cache_hits.get() == 0 {
-        assert!(check().await);
+        assert!(check().await, "{query} before the change");
         assert!(Instant::now() < deadline, "never answered from the cache");
     }
 
-    publish(&topic, std::slice::from_ref(&revoked)).await;
-    wait_consumed(&pool, &topic.name, 2, Duration::from_secs(30)).await;
+    publish(&topic, std::slice::from_ref(change)).await;
+    wait_consumed(pool, &topic.name, before.len() + 1, Duration::from_secs(30)).await;
     // The batch has committed; its notification reaches the cache within moments.
     let deadline = Instant::now() + Duration::from_secs(2);
     while check().await {
         assert!(
             Instant::now() < deadline,
-            "the cache kept a revoked entitlement"
+            "the cache kept a revoked entitlement ({query})"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

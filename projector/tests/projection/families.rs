@@ -1,6 +1,7 @@
 //! One test per event family, and the cases that catch naive receivers.
 
-use serde_json::json;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::helpers::*;
@@ -491,4 +492,61 @@ async fn bad_events_are_recorded_and_skipped_and_unknown_types_ignored(pool: PgP
     assert!(reasons[1].1.contains("NUL"), "{}", reasons[1].1);
     // The good event in the same batch was applied.
     assert_eq!(customer_state(&pool, "cus_1").await["id"], "cus_1");
+}
+
+/// A CustomerStateMeter, as polar-sdk 1.0.2 shapes it.
+fn meter(id: &str, meter_id: &str, consumed: f64, credited: i64, at: DateTime<Utc>) -> Value {
+    json!({
+        "id": id, "created_at": ts(at), "modified_at": ts(at), "meter_id": meter_id,
+        "consumed_units": consumed, "credited_units": credited, "balance": credited as f64 - consumed,
+    })
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn meters_follow_the_newest_state(pool: PgPool) {
+    live(&pool).await;
+    let s = Stream::new();
+    let c = customer("cus_m", Some("usr_m"), s.now(), None);
+    let t1 = s.tick(30);
+    let mut first = state(&c, &[], &[]);
+    first["active_meters"] = json!([
+        meter("cm_1", "meter_api", 10.0, 100, t1),
+        meter("cm_2", "meter_storage", 0.5, 5, t1),
+    ]);
+    let first = s.event("customer.state_changed", first);
+    let t2 = s.tick(30);
+    let mut second = state(&c, &[], &[]);
+    second["active_meters"] = json!([meter("cm_1", "meter_api", 120.0, 100, t2)]);
+    let second = s.event("customer.state_changed", second);
+    // Delivered newest first: the older state changes nothing.
+    apply_each(&pool, &[second, first]).await;
+
+    let (status, page) = get(&pool, "/v1/customer-meters/?external_customer_id=usr_m").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["pagination"]["total_count"], json!(1), "{page}");
+    let item = &page["items"][0];
+    assert_eq!(item["meter_id"], json!("meter_api"));
+    assert_eq!(item["customer_id"], json!("cus_m"));
+    assert_eq!(item["customer"]["external_id"], json!("usr_m"));
+    assert_eq!(
+        (
+            item["consumed_units"].as_f64(),
+            item["credited_units"].as_i64(),
+            item["balance"].as_f64()
+        ),
+        (Some(120.0), Some(100), Some(-20.0)),
+        "a balance can be negative"
+    );
+    let (_, none) = get(
+        &pool,
+        "/v1/customer-meters/?external_customer_id=usr_m&meter_id=meter_storage",
+    )
+    .await;
+    assert_eq!(
+        none["items"],
+        json!([]),
+        "the newest state no longer lists it"
+    );
+    let (status, _) = get(&pool, "/v1/customer-meters/?sorting=name").await;
+    assert_eq!(status, 422);
 }

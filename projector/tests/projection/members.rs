@@ -14,13 +14,13 @@ use hookstream_projector::projection::IncomingEvent;
 use crate::helpers::*;
 use crate::order_independence::{expected, stream};
 
-fn team(id: &str, external_id: &str, created: DateTime<Utc>) -> Value {
+pub fn team(id: &str, external_id: &str, created: DateTime<Utc>) -> Value {
     let mut c = customer(id, Some(external_id), created, None);
     c["type"] = json!("team");
     c
 }
 
-fn member(
+pub fn member(
     id: &str,
     customer_id: &str,
     external_id: Option<&str>,
@@ -35,7 +35,7 @@ fn member(
 }
 
 /// A seat on `subscription_id`; a revoked seat names nobody, as in Polar.
-fn seat(
+pub fn seat(
     id: &str,
     subscription_id: &str,
     holder: Option<&Value>,
@@ -58,7 +58,7 @@ fn seat(
 }
 
 /// `grant` given to `holder`, a member of the grant's customer.
-fn to_member(mut grant: Value, holder: &Value) -> Value {
+pub fn to_member(mut grant: Value, holder: &Value) -> Value {
     grant["member_id"] = holder["id"].clone();
     grant["member"] = holder.clone();
     grant

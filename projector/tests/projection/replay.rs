@@ -448,6 +448,14 @@ async fn verify_exits_0_without_drift_and_1_with_a_tampered_row(pool: PgPool) {
     .fetch_one(&pool)
     .await
     .unwrap();
+    // A member row too: the tables of teams are checked like the others.
+    let tampered_member: String = sqlx::query_scalar(&format!(
+        "update {} set deleted_at = now() where id = (select min(id) from {0}) returning id",
+        live.qualify("members")
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     let drift = run(projector(&pool, &["verify", "--attempts", "2"])).await;
     let stdout = String::from_utf8_lossy(&drift.stdout);
     assert_eq!(
@@ -460,7 +468,11 @@ async fn verify_exits_0_without_drift_and_1_with_a_tampered_row(pool: PgPool) {
         stdout.contains(&format!("subscriptions {tampered}: differs")),
         "{stdout}"
     );
-    assert!(stdout.contains("drift: 1 rows"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("members {tampered_member}: differs")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("drift: 2 rows"), "{stdout}");
     // Verify leaves no scratch generation behind.
     assert_eq!(generation_statuses(&pool).await.len(), 1);
 }

@@ -14,7 +14,9 @@ use hookstream_projector::projection::{dump, generation};
 use hookstream_projector::rebuild::progress::{ProgressMode, ProgressReport};
 use hookstream_projector::rebuild::replay::{ReplayOptions, ReplaySource, replay};
 use hookstream_projector::rebuild::verify::{self as drift, VerifyOptions};
-use hookstream_tests::{generate, polarsim_command, polarsim_verify, read_events};
+use hookstream_tests::{
+    check_entitlements, generate, polarsim_command, polarsim_verify, read_events,
+};
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
 const TOKEN: &str = "e2e-token-123";
@@ -176,6 +178,16 @@ async fn a_polarsim_stream_with_duplicates_and_reordering_ends_in_the_true_state
         .map(|(m, t)| (m.parse::<u32>().unwrap(), t.parse::<u32>().unwrap()))
         .expect("a verify summary line");
     assert!(total > customers / 2 && matched == total, "{verdict}");
+    // Every person polarsim knows, seat holders of teams included, gets the
+    // true answer from the entitlement check.
+    let (asked, wrong) = check_entitlements(&dir, &api_url, TOKEN).await.unwrap();
+    assert!(asked > customers as usize, "{asked} entitlements asked");
+    assert!(
+        wrong.is_empty(),
+        "{} of {asked} wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 
     // Nothing was refused as unappliable.
     let failures: i64 = sqlx::query_scalar("select count(*) from projection.apply_failures")

@@ -25,7 +25,7 @@
 //! false`): a gate should not need to tell the two apart. Every answer lists
 //! the grants it rests on (`via`).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
@@ -124,24 +124,23 @@ pub async fn check(
             members_only,
         } => {
             let person = person_entitlements(&state, external_id).await?;
-            let mut seen = HashSet::new();
-            let via: Vec<&Holding> = person
-                .holdings
-                .iter()
-                .filter(|h| h.holding.benefit_id == benefit_id)
-                .filter(|h| !members_only || h.through == Through::Member)
-                .filter(|h| match within {
-                    None => true,
-                    Some(CustomerKey::Id(id)) => h.holding.customer_id == id,
-                    Some(CustomerKey::External(external_id)) => {
-                        h.customer_external_id.as_deref() == Some(external_id)
-                    }
-                })
-                .map(|h| &h.holding)
+            let mut via: Vec<&Holding> = Vec::new();
+            for h in &person.holdings {
+                let counts = h.holding.benefit_id == benefit_id
+                    && (!members_only || h.through == Through::Member)
+                    && match within {
+                        None => true,
+                        Some(CustomerKey::Id(id)) => h.holding.customer_id == id,
+                        Some(CustomerKey::External(external_id)) => {
+                            h.customer_external_id.as_deref() == Some(external_id)
+                        }
+                    };
                 // One grant can be reached both ways (an individual customer's
-                // grants are its owner member's).
-                .filter(|h| seen.insert(h.grant_id.as_str()))
-                .collect();
+                // grants are its owner member's); a person holds few.
+                if counts && !via.iter().any(|v| v.grant_id == h.holding.grant_id) {
+                    via.push(&h.holding);
+                }
+            }
             let first = via.first();
             json!({
                 "granted": !via.is_empty(),

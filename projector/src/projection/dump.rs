@@ -7,20 +7,11 @@ use std::collections::BTreeMap;
 
 use sqlx::PgConnection;
 
+use super::families::Table;
 use super::generation::Generation;
 
-/// Each table with the columns of its key.
-pub const TABLES: &[(&str, &str)] = &[
-    ("customers", "id"),
-    ("products", "id"),
-    ("benefits", "id"),
-    ("subscriptions", "id"),
-    ("benefit_grants", "id"),
-    ("orders", "id"),
-    ("checkouts", "id"),
-    ("members", "id"),
-    ("customer_seats", "id"),
-    ("seat_holders", "id"),
+/// The tables of the cross-family DDL with the expression of their keys.
+const CROSS_FAMILY_TABLES: &[(&str, &str)] = &[
     ("customer_states", "customer_id"),
     ("apply_failures", "seq::text"),
     ("effective_grants", "customer_id || '/' || grant_id"),
@@ -30,6 +21,16 @@ pub const TABLES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Each table with the expression of its key: every object table (by id),
+/// then the others.
+pub fn tables() -> Vec<(&'static str, &'static str)> {
+    Table::ALL
+        .iter()
+        .map(|table| (table.name(), "id"))
+        .chain(CROSS_FAMILY_TABLES.iter().copied())
+        .collect()
+}
+
 /// One table's rows: key → row as canonical JSON text.
 pub type TableDump = BTreeMap<String, String>;
 
@@ -38,8 +39,8 @@ pub async fn dump(
     connection: &mut PgConnection,
     generation: &Generation,
 ) -> sqlx::Result<BTreeMap<&'static str, TableDump>> {
-    let mut tables = BTreeMap::new();
-    for (table, key) in TABLES {
+    let mut dumped = BTreeMap::new();
+    for (table, key) in tables() {
         // Table names and key expressions are constants; the schema name is a
         // validated Generation.
         let rows: Vec<(String, String)> = sqlx::query_as(&format!(
@@ -48,9 +49,9 @@ pub async fn dump(
         ))
         .fetch_all(&mut *connection)
         .await?;
-        tables.insert(*table, rows.into_iter().collect());
+        dumped.insert(table, rows.into_iter().collect());
     }
-    Ok(tables)
+    Ok(dumped)
 }
 
 /// A difference between two dumps.
@@ -138,7 +139,7 @@ pub fn compare(
 ) -> Vec<RowDifference> {
     let empty = TableDump::new();
     let mut differences = Vec::new();
-    for (table, _) in TABLES {
+    for (table, _) in tables() {
         let want = expected.get(table).unwrap_or(&empty);
         let have = actual.get(table).unwrap_or(&empty);
         for (key, expected_row) in want {

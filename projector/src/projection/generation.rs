@@ -10,33 +10,45 @@ use std::fmt;
 use anyhow::Context as _;
 use sqlx::{Executor as _, PgConnection, PgPool};
 
+use super::families::Table;
+
 /// Version of `generation.sql`. A live generation built with another version
 /// must be rebuilt (`projector replay`) before this binary serves it.
 pub const DDL_VERSION: i32 = 3;
 
-const DDL: &str = include_str!("generation.sql");
+/// What reads across the object tables: states, failures, the effective views.
+const CROSS_FAMILY_DDL: &str = include_str!("generation.sql");
+
+/// The whole DDL of a generation: the schema, the families' object tables,
+/// then [`CROSS_FAMILY_DDL`]. `{schema}` is left for the generation's name.
+fn ddl() -> String {
+    format!(
+        "create schema {{schema}};\n\n{}{CROSS_FAMILY_DDL}",
+        super::families::object_tables_ddl()
+    )
+}
 
 /// Transaction-level advisory lock serialising generation creation and switches.
 const GENERATIONS_LOCK_KEY: i64 = 0x686f_6f6b_6765_6e73; // "hookgens"
 
-/// Tables and views readers reach through `projection.<name>`.
-const READER_RELATIONS: &[&str] = &[
-    "customers",
-    "products",
-    "benefits",
-    "subscriptions",
-    "benefit_grants",
-    "orders",
-    "checkouts",
-    "members",
-    "customer_seats",
-    "seat_holders",
+/// The relations of [`CROSS_FAMILY_DDL`] readers reach through
+/// `projection.<name>`, beside every object table.
+const CROSS_FAMILY_RELATIONS: &[&str] = &[
     "customer_states",
     "customer_meters",
     "apply_failures",
     "effective_grants",
     "effective_subscriptions",
 ];
+
+/// Tables and views readers reach through `projection.<name>`.
+fn reader_relations() -> Vec<&'static str> {
+    Table::ALL
+        .iter()
+        .map(|table| table.name())
+        .chain(CROSS_FAMILY_RELATIONS.iter().copied())
+        .collect()
+}
 
 /// A generation's schema name, e.g. `hookstream_gen_3`. Only this module makes
 /// one, from a number, so it is always safe to splice into SQL.
@@ -174,7 +186,7 @@ async fn create_locked(tx: &mut PgConnection, built_from: &str) -> anyhow::Resul
         &format!("drop schema if exists {generation} cascade"),
     )
     .await?;
-    run_script(&mut *tx, &DDL.replace("{schema}", generation.name()))
+    run_script(&mut *tx, &ddl().replace("{schema}", generation.name()))
         .await
         .with_context(|| format!("cannot create projection tables in {generation}"))?;
     // Snapshots are a few KB and rewritten often (a replay writes each row
@@ -239,11 +251,11 @@ async fn activate_locked(
          join pg_namespace n on n.oid = c.relnamespace
          where n.nspname = 'projection' and c.relname = any($1) order by 1",
     )
-    .bind(READER_RELATIONS)
+    .bind(reader_relations())
     .fetch_all(&mut *tx)
     .await?;
     lock_without_deadlock(tx, &existing).await?;
-    for relation in READER_RELATIONS {
+    for relation in reader_relations() {
         run_script(
             tx,
             &format!(

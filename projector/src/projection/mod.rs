@@ -12,6 +12,7 @@
 
 pub mod decode;
 pub mod dump;
+pub mod families;
 pub mod from_log;
 pub mod generation;
 pub mod store;

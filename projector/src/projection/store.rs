@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::decode::{Column, Decoded, IncomingEvent, ObjectChange, StateChange, Table, decode};
+use super::families::customers::STATE_LISTS;
 use super::generation::Generation;
 
 /// What one applied batch did, for metrics and logs.
@@ -307,46 +308,24 @@ impl<'a> Reduction<'a> {
             ..BatchOutcome::default()
         };
 
-        // Customers whose effective subscriptions or grants may have changed...
-        let mut recompute: BTreeSet<String> = BTreeSet::new();
-        for ((table, _), change) in &objects {
-            if matches!(table, Table::Subscriptions | Table::BenefitGrants)
-                && let Some(Column::Text(Some(customer_id))) = change.columns.first()
-            {
-                recompute.insert(customer_id.to_string());
-            }
-        }
-        recompute.extend(states.keys().cloned());
-        // ...and, for caches, every customer the batch wrote anything about,
-        // and every external id a customer or member it wrote is known by.
-        // A customer, member or seat row alone does not change who holds what
-        // in the effective tables, so it is reported but not recomputed.
+        // Customers whose effective subscriptions or grants may have changed,
+        // to recompute; and, for caches, every customer and external id the
+        // batch wrote anything about. Each family says whom its rows concern.
+        let mut recompute: BTreeSet<String> = states.keys().cloned().collect();
         outcome.changed_customers = recompute.clone();
         let mut unattributed_seats = Vec::new();
         for ((table, id), change) in &objects {
-            let text = |i: usize| match change.columns.get(i) {
-                Some(Column::Text(Some(text))) => Some(text.to_string()),
-                _ => None,
-            };
-            match table {
-                Table::Customers => {
-                    outcome.changed_customers.insert(id.clone());
-                    outcome.changed_external_ids.extend(text(0));
-                }
-                Table::Members => {
-                    outcome.changed_customers.extend(text(0));
-                    outcome.changed_external_ids.extend(text(1));
-                }
-                Table::CustomerSeats | Table::SeatHolders => match text(0) {
-                    Some(customer_id) => {
-                        outcome.changed_customers.insert(customer_id);
-                    }
-                    // A revoked seat names no customer: its holder's is
-                    // looked up once the batch is written.
-                    None => unattributed_seats.push(id.clone()),
-                },
-                _ => {}
+            let touch = (table.spec().touches)(id, &change.columns);
+            if touch.look_up {
+                unattributed_seats.push(id.clone());
             }
+            if let Some(customer) = touch.customer {
+                if touch.recompute {
+                    recompute.insert(customer.clone());
+                }
+                outcome.changed_customers.insert(customer);
+            }
+            outcome.changed_external_ids.extend(touch.external_id);
         }
 
         let mut by_table: BTreeMap<Table, Vec<ObjectChange<'a>>> = BTreeMap::new();
@@ -383,7 +362,8 @@ struct Rows<'a> {
     states: Vec<StateChange<'a>>,
     /// By seq: webhook id, event type (if known), reason.
     failures: BTreeMap<i64, (String, Option<String>, String)>,
-    /// Seats written without a customer (revoked ones).
+    /// Rows written without a customer (revoked seats), whose customer is
+    /// looked up once they are written.
     unattributed_seats: Vec<String>,
 }
 
@@ -442,8 +422,11 @@ async fn upsert_objects(
         "v_seq".to_owned(),
         // A customer snapshot taken from a CustomerState carries the lists too.
         if table == Table::Customers {
-            "snapshot::jsonb - 'active_subscriptions' - 'granted_benefits' - 'active_meters'"
-                .to_owned()
+            STATE_LISTS
+                .iter()
+                .fold("snapshot::jsonb".to_owned(), |sql, list| {
+                    format!("{sql} - '{list}'")
+                })
         } else {
             format!("snapshot::{}", table.snapshot_type())
         },
@@ -457,10 +440,10 @@ async fn upsert_objects(
         "$5::int8[]".to_owned(),
         "$6::text[]".to_owned(),
     ];
-    for (i, (name, sql_type)) in columns.iter().enumerate() {
-        select.push((*name).to_owned());
-        names.push(name);
-        params.push(format!("${}::{sql_type}[]", i + 7));
+    for (i, column) in columns.iter().enumerate() {
+        select.push(column.name.to_owned());
+        names.push(column.name);
+        params.push(format!("${}::{}[]", i + 7, column.sql_type));
     }
     let updates: Vec<String> = names[1..]
         .iter()

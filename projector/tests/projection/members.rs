@@ -207,6 +207,39 @@ struct Team {
     t0: DateTime<Utc>,
 }
 
+impl Team {
+    /// ada's grant of `pro` through the team's seat subscription.
+    fn ada_grant(
+        &self,
+        granted: bool,
+        created: DateTime<Utc>,
+        modified: Option<DateTime<Utc>>,
+    ) -> Value {
+        let g = grant(
+            "g_ada",
+            &self.team,
+            &self.pro,
+            Some("sub_team"),
+            granted,
+            created,
+            modified,
+        );
+        to_member(g, &self.ada)
+    }
+
+    /// ada's seat, claimed.
+    fn ada_seat(&self, created: DateTime<Utc>, modified: Option<DateTime<Utc>>) -> Value {
+        seat(
+            "seat_1",
+            "sub_team",
+            Some(&self.ada),
+            "claimed",
+            created,
+            modified,
+        )
+    }
+}
+
 fn team_setup(s: &Stream) -> (Team, Vec<IncomingEvent>) {
     let t0 = s.now();
     let team_customer = team("cus_team", "acme", t0);
@@ -238,17 +271,8 @@ async fn a_seat_claimed_before_its_member_is_announced_still_counts(pool: PgPool
     let s = Stream::new();
     let (t, mut events) = team_setup(&s);
     let at = s.tick(10);
-    events.push(s.event(
-        "customer_seat.claimed",
-        seat("seat_1", "sub_team", Some(&t.ada), "claimed", at, None),
-    ));
-    events.push(s.event(
-        "benefit_grant.created",
-        to_member(
-            grant("g_ada", &t.team, &t.pro, Some("sub_team"), true, at, None),
-            &t.ada,
-        ),
-    ));
+    events.push(s.event("customer_seat.claimed", t.ada_seat(at, None)));
+    events.push(s.event("benefit_grant.created", t.ada_grant(true, at, None)));
     apply_each(&pool, &events).await;
     assert!(granted(&pool, "external_id=ada&benefit_id=pro").await);
     assert!(
@@ -275,25 +299,8 @@ async fn a_revoked_seat_ends_access_before_the_grant_revocation_arrives(pool: Pg
     let s = Stream::new();
     let (t, mut events) = team_setup(&s);
     let claimed = s.tick(10);
-    events.push(s.event(
-        "customer_seat.claimed",
-        seat("seat_1", "sub_team", Some(&t.ada), "claimed", claimed, None),
-    ));
-    events.push(s.event(
-        "benefit_grant.created",
-        to_member(
-            grant(
-                "g_ada",
-                &t.team,
-                &t.pro,
-                Some("sub_team"),
-                true,
-                claimed,
-                None,
-            ),
-            &t.ada,
-        ),
-    ));
+    events.push(s.event("customer_seat.claimed", t.ada_seat(claimed, None)));
+    events.push(s.event("benefit_grant.created", t.ada_grant(true, claimed, None)));
     apply(&pool, &events).await;
     assert!(granted(&pool, "external_member_id=ada&benefit_id=pro").await);
 
@@ -326,18 +333,7 @@ async fn a_revoked_seat_ends_access_before_the_grant_revocation_arrives(pool: Pg
         &pool,
         &[s.event(
             "benefit_grant.revoked",
-            to_member(
-                grant(
-                    "g_ada",
-                    &t.team,
-                    &t.pro,
-                    Some("sub_team"),
-                    false,
-                    claimed,
-                    Some(revoked_grant),
-                ),
-                &t.ada,
-            ),
+            t.ada_grant(false, claimed, Some(revoked_grant)),
         )],
     )
     .await;
@@ -349,35 +345,14 @@ async fn a_revoked_seat_ends_access_before_the_grant_revocation_arrives(pool: Pg
         &pool,
         &[s.event(
             "benefit_grant.created",
-            to_member(
-                grant(
-                    "g_ada",
-                    &t.team,
-                    &t.pro,
-                    Some("sub_team"),
-                    true,
-                    claimed,
-                    Some(again),
-                ),
-                &t.ada,
-            ),
+            t.ada_grant(true, claimed, Some(again)),
         )],
     )
     .await;
     assert!(granted(&pool, "external_id=ada&benefit_id=pro").await);
     apply(
         &pool,
-        &[s.event(
-            "customer_seat.claimed",
-            seat(
-                "seat_1",
-                "sub_team",
-                Some(&t.ada),
-                "claimed",
-                claimed,
-                Some(again),
-            ),
-        )],
+        &[s.event("customer_seat.claimed", t.ada_seat(claimed, Some(again)))],
     )
     .await;
     assert!(granted(&pool, "external_id=ada&benefit_id=pro").await);
@@ -457,13 +432,7 @@ async fn a_deleted_member_loses_access_at_once_and_leaves_the_list(pool: PgPool)
     let at = s.tick(10);
     events.extend([
         s.event("member.created", t.ada.clone()),
-        s.event(
-            "benefit_grant.created",
-            to_member(
-                grant("g_ada", &t.team, &t.pro, Some("sub_team"), true, at, None),
-                &t.ada,
-            ),
-        ),
+        s.event("benefit_grant.created", t.ada_grant(true, at, None)),
     ]);
     apply(&pool, &events).await;
     assert!(granted(&pool, "external_member_id=ada&benefit_id=pro").await);
@@ -473,21 +442,7 @@ async fn a_deleted_member_loses_access_at_once_and_leaves_the_list(pool: PgPool)
     let deletion = s.event("member.deleted", gone);
     // A grant event embedding the member as it was before, delivered late,
     // must not bring it back.
-    let late = s.event(
-        "benefit_grant.cycled",
-        to_member(
-            grant(
-                "g_ada",
-                &t.team,
-                &t.pro,
-                Some("sub_team"),
-                true,
-                at,
-                Some(at),
-            ),
-            &t.ada,
-        ),
-    );
+    let late = s.event("benefit_grant.cycled", t.ada_grant(true, at, Some(at)));
     apply_each(&pool, &[deletion, late]).await;
     assert!(!granted(&pool, "external_member_id=ada&benefit_id=pro").await);
     assert!(!granted(&pool, "external_id=ada&customer_id=cus_team&benefit_id=pro").await);

@@ -837,11 +837,39 @@ fn entitlement_questions(expected: &std::path::Path) -> anyhow::Result<Vec<(Stri
     Ok(questions)
 }
 
+/// The (external id, benefit id) pairs of a stream's expected entitlements,
+/// asked of people (`external_id=`): every external id of a customer or
+/// member (seat holders of teams included), about a benefit it holds
+/// somewhere and one it holds nowhere.
+fn person_questions(expected: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(expected)?)?;
+    let mut anywhere: std::collections::BTreeMap<(&str, &str), bool> = Default::default();
+    for row in expected["entitlements"].as_array().into_iter().flatten() {
+        if let (Some(x), Some(b), Some(granted)) = (
+            row["external_id"].as_str(),
+            row["benefit_id"].as_str(),
+            row["granted"].as_bool(),
+        ) {
+            *anywhere.entry((x, b)).or_default() |= granted;
+        }
+    }
+    let mut questions = Vec::new();
+    let mut asked: std::collections::BTreeSet<(&str, bool)> = Default::default();
+    for ((x, b), granted) in anywhere {
+        if asked.insert((x, granted)) {
+            questions.push((x.to_owned(), b.to_owned()));
+        }
+    }
+    anyhow::ensure!(!questions.is_empty(), "no entitlements in expected.json");
+    Ok(questions)
+}
+
 async fn entitlements(args: EntitlementsArgs) -> anyhow::Result<()> {
     let dir = args.common.data_dir.join("polarsim-1-2000");
     generate(&dir, 1, 2000, 90)?;
     let events = read_events(&dir.join("events.jsonl"))?;
     let questions = Arc::new(entitlement_questions(&dir.join("expected.json"))?);
+    let people = Arc::new(person_questions(&dir.join("expected.json"))?);
     let kafka = EmbeddedKafka::start(1)?;
     kafka.create_topic("polar.events", 6)?;
     hookstream_tests::bench::publish_stream(kafka.bootstrap_servers(), "polar.events", &events)
@@ -906,6 +934,27 @@ async fn entitlements(args: EntitlementsArgs) -> anyhow::Result<()> {
         "{}",
         checks_rate.summary(&format!("GET /v1/entitlements/check, {}/s", args.rate))
     );
+    let p = people.clone();
+    let person_path: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(move |i| {
+        let (person, benefit) = &p[i as usize % p.len()];
+        format!("/v1/entitlements/check?external_id={person}&benefit_id={benefit}")
+    });
+    let persons = run(person_path.clone(), Pace::FullSpeed).await?;
+    println!(
+        "{}",
+        persons.summary(&format!(
+            "GET /v1/entitlements/check?external_id=, full ({} people)",
+            people.len() / 2
+        ))
+    );
+    let persons_rate = run(person_path, Pace::Rate(args.rate)).await?;
+    println!(
+        "{}",
+        persons_rate.summary(&format!(
+            "GET /v1/entitlements/check?external_id=, {}/s",
+            args.rate
+        ))
+    );
     println!(
         "entitlement checks run at {:.0}% of the HTTP floor's rate; p99 at {}/s {:.2} ms (floor {:.2} ms)",
         100.0 * checks.throughput() / floor.throughput(),
@@ -913,11 +962,21 @@ async fn entitlements(args: EntitlementsArgs) -> anyhow::Result<()> {
         checks_rate.quantile_ms(0.99),
         floor_rate.quantile_ms(0.99)
     );
+    println!(
+        "person checks (external_id=) run at {:.0}% of customer checks' rate; p99 at {}/s {:.2} ms",
+        100.0 * persons.throughput() / checks.throughput(),
+        args.rate,
+        persons_rate.quantile_ms(0.99),
+    );
     service.stop()?;
     database.drop_now().await?;
     anyhow::ensure!(
         checks.ok() > 0 && checks.ok() == checks.sent,
         "some entitlement checks failed"
+    );
+    anyhow::ensure!(
+        persons.ok() > 0 && persons.ok() == persons.sent,
+        "some person checks failed"
     );
     Ok(())
 }

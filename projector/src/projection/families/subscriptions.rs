@@ -1,0 +1,90 @@
+//! Subscriptions (`subscription.*`), with their embedded customer and
+//! product (both full snapshots).
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{
+    Family, Snapshot, Stamp, Table, TableSpec, Touch, catalog, change, customers, optional, parse,
+    required, text_at,
+};
+use crate::projection::decode::{Changes, Column};
+use crate::projection::version::Rank;
+
+pub const TABLE: TableSpec = TableSpec {
+    name: "subscriptions",
+    snapshot: Snapshot::Jsonb,
+    columns: &[
+        required("customer_id", "text"),
+        optional("product_id", "text"),
+        required("status", "text"),
+        optional("started_at", "timestamptz"),
+        required("created_at", "timestamptz"),
+    ],
+    indexes: &["(customer_id)"],
+    touches,
+};
+
+/// The effective subscriptions read this table.
+fn touches(_: &str, columns: &[Column<'_>]) -> Touch {
+    Touch {
+        customer: text_at(columns, 0),
+        external_id: None,
+        recompute: true,
+        look_up: false,
+    }
+}
+
+pub const FAMILY: Family = Family {
+    prefix: "subscription",
+    events: None,
+    decode,
+};
+
+#[derive(Deserialize)]
+struct SubscriptionData<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    created_at: DateTime<Utc>,
+    modified_at: Option<DateTime<Utc>>,
+    #[serde(borrow)]
+    customer_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    product_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(default)]
+    started_at: Option<DateTime<Utc>>,
+    #[serde(borrow, default)]
+    customer: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    product: Option<&'a RawValue>,
+}
+
+fn decode<'a>(
+    _: &str,
+    data: &'a RawValue,
+    stamp: Stamp,
+    changes: &mut Changes<'a>,
+) -> Result<(), String> {
+    let s: SubscriptionData<'_> = parse(data)?;
+    customers::push_embedded(changes, s.customer, stamp)?;
+    catalog::push_embedded(changes, Table::Products, s.product, stamp)?;
+    changes.objects.push(change(
+        Table::Subscriptions,
+        s.id,
+        stamp.version(s.modified_at.unwrap_or(s.created_at), Rank::OwnEvent),
+        data.get(),
+        vec![
+            Column::Text(Some(s.customer_id)),
+            Column::Text(s.product_id),
+            Column::Text(Some(s.status)),
+            Column::Time(s.started_at),
+            Column::Time(Some(s.created_at)),
+        ],
+    ));
+    Ok(())
+}

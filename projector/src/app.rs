@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use hookstream_shared::http::no_delay;
 use hookstream_shared::{db, kafka};
 
-use crate::api::{self, ApiState, EntitlementCache};
+use crate::api::{self, ApiShared, ApiState, EntitlementCache};
 use crate::changes::CHANGES_CHANNEL;
 use crate::config::ProjectorConfig;
 use crate::consumer;
@@ -58,15 +58,15 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on PROJECTOR_LISTEN={}", config.listen))?;
         let address = listener.local_addr()?;
-        let state = ApiState {
+        let state = ApiState::new(ApiShared {
             pool,
-            tokens: Arc::new(config.api_tokens.clone()),
+            tokens: config.api_tokens.clone(),
             metrics: ProjectorMetrics::new(),
             cache: Arc::new(EntitlementCache::new(
                 config.cache_entries,
                 config.cache_ttl,
             )),
-        };
+        });
         Ok(Self {
             listener,
             address,

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::entitlement_cache::{
     Cached, CustomerEntitlements, Holding, Lookup, PersonEntitlements, PersonHolding, PersonLookup,
@@ -111,11 +111,11 @@ pub async fn check(
                 .as_ref()
                 .map(|c| c.holdings_of(benefit_id).collect())
                 .unwrap_or_default();
-            json!({
-                "granted": !via.is_empty(),
-                "customer_id": customer.as_ref().map(|c| c.customer_id.as_str()),
-                "benefit_id": benefit_id,
-                "via": via.iter().map(|h| via_json(h)).collect::<Vec<Value>>(),
+            serde_json::to_string(&CustomerAnswer {
+                granted: !via.is_empty(),
+                customer_id: customer.as_ref().map(|c| c.customer_id.as_str()),
+                benefit_id,
+                via: via.into_iter().map(Via::of).collect(),
             })
         }
         Subject::Person {
@@ -142,25 +142,58 @@ pub async fn check(
                 }
             }
             let first = via.first();
-            json!({
-                "granted": !via.is_empty(),
-                "external_id": external_id,
-                "customer_id": first.map(|h| h.customer_id.as_str()),
-                "member_id": first.and_then(|h| h.member_id.as_deref()),
-                "benefit_id": benefit_id,
-                "via": via.iter().map(|h| via_json(h)).collect::<Vec<Value>>(),
+            serde_json::to_string(&PersonAnswer {
+                granted: !via.is_empty(),
+                external_id,
+                customer_id: first.map(|h| h.customer_id.as_str()),
+                member_id: first.and_then(|h| h.member_id.as_deref()),
+                benefit_id,
+                via: via.iter().map(|h| Via::of(h)).collect(),
             })
         }
     };
-    Ok(json_text(answer.to_string()))
+    Ok(json_text(answer.map_err(anyhow::Error::from)?))
 }
 
-fn via_json(holding: &Holding) -> Value {
-    json!({
-        "customer_id": holding.customer_id,
-        "member_id": holding.member_id,
-        "grant_id": holding.grant_id,
-    })
+/// The answer about a customer. Serialised straight from borrowed fields:
+/// this is the hot path, and building a `serde_json::Value` first cost a
+/// map and a string per field.
+#[derive(Serialize)]
+struct CustomerAnswer<'a> {
+    granted: bool,
+    customer_id: Option<&'a str>,
+    benefit_id: &'a str,
+    via: Vec<Via<'a>>,
+}
+
+/// The answer about a person or member: the first grant's customer and
+/// member, and all of them in `via`.
+#[derive(Serialize)]
+struct PersonAnswer<'a> {
+    granted: bool,
+    external_id: &'a str,
+    customer_id: Option<&'a str>,
+    member_id: Option<&'a str>,
+    benefit_id: &'a str,
+    via: Vec<Via<'a>>,
+}
+
+/// One grant an answer rests on.
+#[derive(Serialize)]
+struct Via<'a> {
+    customer_id: &'a str,
+    member_id: Option<&'a str>,
+    grant_id: &'a str,
+}
+
+impl<'a> Via<'a> {
+    fn of(holding: &'a Holding) -> Self {
+        Self {
+            customer_id: &holding.customer_id,
+            member_id: holding.member_id.as_deref(),
+            grant_id: &holding.grant_id,
+        }
+    }
 }
 
 async fn customer_entitlements(state: &ApiState, key: CustomerKey<'_>) -> Result<Cached, ApiError> {

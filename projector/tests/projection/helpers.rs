@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt as _;
 
-use hookstream_projector::api::{ApiState, EntitlementCache, router};
+use hookstream_projector::api::{ApiShared, ApiState, EntitlementCache, router};
 use hookstream_projector::metrics::ProjectorMetrics;
 use hookstream_projector::projection::{self, BatchOutcome, Generation, IncomingEvent, generation};
 use hookstream_shared::config::Secret;
@@ -200,16 +200,16 @@ pub async fn get(pool: &PgPool, path: &str) -> (u16, Value) {
 }
 
 pub async fn get_with_token(pool: &PgPool, path: &str, token: Option<&str>) -> (u16, Value) {
-    let app = router(ApiState {
+    let app = router(ApiState::new(ApiShared {
         pool: pool.clone(),
-        tokens: Arc::new(vec![Secret::new(TOKEN)]),
+        tokens: vec![Secret::new(TOKEN)],
         metrics: ProjectorMetrics::new(),
         // Never listening here, so always bypassed: these tests read Postgres.
         cache: Arc::new(EntitlementCache::new(
             1000,
             std::time::Duration::from_secs(60),
         )),
-    });
+    }));
     let mut request = Request::get(path);
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));

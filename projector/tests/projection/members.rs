@@ -506,3 +506,39 @@ async fn an_individual_customer_and_a_member_sharing_an_external_id(pool: PgPool
         assert_eq!(granted(&pool, query).await, want, "{query}");
     }
 }
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn unknown_member_and_seat_fields_are_kept_not_refused(pool: PgPool) {
+    live(&pool).await;
+    let s = Stream::new();
+    let (t, mut events) = team_setup(&s);
+    let mut ada = t.ada.clone();
+    ada["nickname"] = json!("ada-l");
+    let mut claimed = t.ada_seat(s.tick(10), None);
+    claimed["seat_color"] = json!({"hue": 200});
+    events.extend([
+        s.event("member.created", ada),
+        s.event("customer_seat.claimed", claimed),
+    ]);
+    let outcome = apply(&pool, &events).await;
+    assert_eq!(outcome.failed, 0);
+    let (_, members) = get(
+        &pool,
+        "/v1/members/?customer_id=cus_team&sorting=-created_at",
+    )
+    .await;
+    let listed = members["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == json!("mem_ada"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(listed["nickname"], json!("ada-l"), "{members}");
+    let seat: Value =
+        sqlx::query_scalar("select snapshot from projection.customer_seats where id = 'seat_1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(seat["seat_color"], json!({"hue": 200}));
+}

@@ -58,6 +58,10 @@ enum Command {
         /// generation may briefly lag the log).
         #[arg(long, default_value_t = 3)]
         attempts: u32,
+        /// Print both whole rows of each difference, not only the fields
+        /// that differ.
+        #[arg(long)]
+        full_rows: bool,
     },
 }
 
@@ -87,7 +91,10 @@ async fn main() -> ExitCode {
             chunk,
             memory_mb,
         } => run_replay(&settings, from, keep_old, chunk, memory_mb << 20).await,
-        Command::Verify { attempts } => run_verify(&settings, attempts).await,
+        Command::Verify {
+            attempts,
+            full_rows,
+        } => run_verify(&settings, attempts, full_rows).await,
     }
 }
 
@@ -171,7 +178,7 @@ async fn run_replay(
     report_failure(result, "replay failed; the live projections are unchanged")
 }
 
-async fn run_verify(settings: &Settings, attempts: u32) -> ExitCode {
+async fn run_verify(settings: &Settings, attempts: u32, full_rows: bool) -> ExitCode {
     let setup = || -> Result<_, ConfigError> {
         Ok((
             DatabaseSettings::from_settings(settings)?,
@@ -205,7 +212,11 @@ async fn run_verify(settings: &Settings, attempts: u32) -> ExitCode {
         }
         Ok(report) => {
             for difference in &report.drift {
-                println!("{difference}");
+                if full_rows {
+                    println!("{}", difference.full());
+                } else {
+                    println!("{difference}");
+                }
             }
             println!(
                 "drift: {} rows of {} differ from a rebuild from the event log (in each of {} comparisons)",

@@ -469,10 +469,30 @@ async fn verify_exits_0_without_drift_and_1_with_a_tampered_row(pool: PgPool) {
         "{stdout}"
     );
     assert!(
-        stdout.contains(&format!("members {tampered_member}: differs")),
+        stdout.contains(&format!(
+            "members {tampered_member}: differs\n  deleted_at: null → \""
+        )),
         "{stdout}"
     );
+    assert!(
+        stdout.contains(r#"  status: ""#) && stdout.contains(r#" → "canceled""#),
+        "the field that differs, old and new: {stdout}"
+    );
+    assert!(
+        !stdout.contains("\"snapshot\""),
+        "whole rows only with --full-rows: {stdout}"
+    );
     assert!(stdout.contains("drift: 2 rows"), "{stdout}");
+    let full = run(projector(
+        &pool,
+        &["verify", "--attempts", "1", "--full-rows"],
+    ))
+    .await;
+    let full = String::from_utf8_lossy(&full.stdout);
+    assert!(
+        full.contains("  expected {") && full.contains("  live     {"),
+        "{full}"
+    );
     // Verify leaves no scratch generation behind.
     assert_eq!(generation_statuses(&pool).await.len(), 1);
 }

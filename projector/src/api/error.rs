@@ -1,4 +1,6 @@
-//! Read API errors, in the shapes Polar's SDK expects.
+//! Read API errors, in the shapes Polar's SDK expects: `{"error": <Polar's
+//! error name>, "detail": ...}`. Unknown routes and methods answer in the
+//! same shape, so a client of the read API meets one shape only.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -13,6 +15,9 @@ pub enum ApiError {
     NotFound,
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// A known path asked with a method it does not answer.
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// Bad path or query parameters: Polar's `RequestValidationError` (422),
     /// one entry per problem: where (`query` or `path`), which, and why.
     #[error("invalid request")]
@@ -51,6 +56,11 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 Json(json!({"error": "Unauthorized", "detail": "Missing or invalid bearer token"})),
+            )
+                .into_response(),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(json!({"error": "MethodNotAllowed", "detail": "Method not allowed"})),
             )
                 .into_response(),
             Self::Validation(problems) => {

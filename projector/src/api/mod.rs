@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,7 +30,7 @@ use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
 use hookstream_shared::config::Secret;
-use hookstream_shared::http::{error_response, healthz, metrics_response, readyz};
+use hookstream_shared::http::{healthz, metrics_response, readyz};
 
 use crate::metrics::ProjectorMetrics;
 
@@ -96,7 +96,8 @@ pub fn router(state: ApiState) -> Router {
             "/metrics",
             get(|State(s): State<ApiState>| async move { metrics_response(&s.metrics.registry) }),
         )
-        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,

@@ -213,3 +213,29 @@ async fn text_postgres_cannot_hold_is_refused_with_422_not_500(pool: PgPool) {
     let (status, _) = get(&pool, "/v1/customers/external/usr_0/state").await;
     assert_eq!(status, 200);
 }
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn unknown_routes_and_methods_answer_in_polars_error_shape(pool: PgPool) {
+    live(&pool).await;
+    for path in ["/v1/no-such-thing", "/nothing/here", "/v1/customers/"] {
+        assert_eq!(
+            get(&pool, path).await,
+            (
+                404,
+                json!({"error": "ResourceNotFound", "detail": "Not found"})
+            ),
+            "{path}"
+        );
+    }
+    let post = axum::http::Request::post("/v1/subscriptions/")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(
+        send(&pool, post).await,
+        (
+            405,
+            json!({"error": "MethodNotAllowed", "detail": "Method not allowed"})
+        )
+    );
+}

@@ -199,8 +199,9 @@ pub async fn get(pool: &PgPool, path: &str) -> (u16, Value) {
     get_with_token(pool, path, Some(TOKEN)).await
 }
 
-pub async fn get_with_token(pool: &PgPool, path: &str, token: Option<&str>) -> (u16, Value) {
-    let app = router(ApiState::new(ApiShared {
+/// The read API over `pool`, as the projector serves it.
+fn read_api(pool: &PgPool) -> axum::Router {
+    router(ApiState::new(ApiShared {
         pool: pool.clone(),
         tokens: vec![Secret::new(TOKEN)],
         metrics: ProjectorMetrics::new(),
@@ -209,15 +210,21 @@ pub async fn get_with_token(pool: &PgPool, path: &str, token: Option<&str>) -> (
             1000,
             std::time::Duration::from_secs(60),
         )),
-    }));
+    }))
+}
+
+pub async fn get_with_token(pool: &PgPool, path: &str, token: Option<&str>) -> (u16, Value) {
     let mut request = Request::get(path);
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    let response = app
-        .oneshot(request.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    send(pool, request.body(Body::empty()).unwrap()).await
+}
+
+/// Sends any request to the read API; returns status and JSON.
+pub async fn send(pool: &PgPool, request: Request<Body>) -> (u16, Value) {
+    let app = read_api(pool);
+    let response = app.oneshot(request).await.unwrap();
     let status = response.status().as_u16();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await

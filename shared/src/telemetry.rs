@@ -2,6 +2,8 @@
 
 use std::str::FromStr;
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{ConfigError, Settings};
@@ -32,16 +34,22 @@ impl FromStr for LogFormat {
 pub struct LogSettings {
     /// `LOG_FORMAT` (`text`).
     pub format: LogFormat,
-    /// `RUST_LOG` (`info`): an `EnvFilter` directive.
+    /// `RUST_LOG` (`info`, with Postgres's NOTICEs at `warn`): an `EnvFilter`
+    /// directive.
     pub filter: String,
 }
+
+/// The filter without `RUST_LOG`. sqlx logs every NOTICE Postgres sends at
+/// INFO, and creating a generation's schema sends a dozen (`... does not
+/// exist, skipping`) that say nothing to an operator.
+pub const DEFAULT_FILTER: &str = "info,sqlx::postgres::notice=warn";
 
 impl LogSettings {
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
         let format = settings.parse_or("LOG_FORMAT", LogFormat::Text)?;
         let filter = settings
             .get("RUST_LOG")?
-            .unwrap_or_else(|| "info".to_owned());
+            .unwrap_or_else(|| DEFAULT_FILTER.to_owned());
         // Validate here so a typo stops the service with the setting's name
         // instead of silently logging nothing.
         EnvFilter::try_new(&filter).map_err(|e| ConfigError::new("RUST_LOG", e.to_string()))?;
@@ -53,23 +61,28 @@ impl LogSettings {
 /// are ignored, so tests and embedded runs that start several services in one
 /// process can all call it.
 pub fn init(settings: &LogSettings) {
-    init_with_writer(settings, std::io::stdout);
+    init_with_writer(settings, std::io::stdout, std::io::stdout().is_terminal());
 }
 
 /// As [`init`], logging to stderr: for commands whose stdout is their result
 /// (`projector replay`, `projector verify`).
 pub fn init_for_command(settings: &LogSettings) {
-    init_with_writer(settings, std::io::stderr);
+    init_with_writer(settings, std::io::stderr, std::io::stderr().is_terminal());
 }
 
-fn init_with_writer<W>(settings: &LogSettings, writer: W)
+/// Colours only on a terminal: a log written to a file or a pipe (systemd,
+/// `> service.log`, a collector) would otherwise keep the escape codes.
+/// `NO_COLOR` (any value) turns them off on a terminal too.
+fn init_with_writer<W>(settings: &LogSettings, writer: W, terminal: bool)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
+        .with_ansi(terminal && std::env::var_os("NO_COLOR").is_none())
         .with_writer(writer);
     let _ = match settings.format {
         LogFormat::Text => builder.try_init(),

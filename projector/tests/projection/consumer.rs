@@ -324,6 +324,67 @@ async fn a_projector_killed_mid_stream_resumes_exactly_where_it_committed(pool: 
     assert_live_equals_in_order(&pool, &topic.name, events).await;
 }
 
+/// A newcomer's first screen: the projector's own lines, not the NOTICEs
+/// Postgres sends while the first generation is created (`schema ... does
+/// not exist, skipping`), which sqlx logs at INFO; and, written to a pipe,
+/// no colour codes.
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn a_first_start_logs_no_postgres_notices(pool: PgPool) {
+    let topic = topic();
+    let database: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let url = format!(
+        "{}/{database}",
+        base.rsplit_once('/').expect("url with a database").0
+    );
+    // RUST_LOG unset: the default a newcomer gets.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+        .env_clear()
+        .env("DATABASE_URL", &url)
+        .env("KAFKA_BROKERS", topic.kafka.bootstrap_servers())
+        .env("KAFKA_TOPIC", &topic.name)
+        .env("PROJECTOR_API_TOKENS", TOKEN)
+        .env("PROJECTOR_LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("projector binary starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let live: Option<String> = sqlx::query_scalar("select generation from projection_live")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        if live.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no generation was created");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The reader views are created, and the consumer has started.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("created the first projection generation"),
+        "{stdout}"
+    );
+    for noise in [
+        "skipping",
+        "does not exist",
+        "sqlx::postgres::notice",
+        "\x1b[",
+    ] {
+        assert!(
+            !stdout.contains(noise),
+            "{noise:?} on the first screen:\n{stdout}"
+        );
+    }
+}
+
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
 async fn two_replicas_share_the_partitions_and_one_takes_over_when_the_other_leaves(pool: PgPool) {
     let topic = topic();

@@ -117,10 +117,6 @@ impl Application {
         self.address
     }
 
-    pub fn port(&self) -> u16 {
-        self.address.port()
-    }
-
     pub fn metrics(&self) -> IngestMetrics {
         self.state.metrics.clone()
     }

@@ -162,18 +162,12 @@ impl VerifyError {
 #[derive(Debug, Clone)]
 pub struct VerifiedWebhook {
     webhook_id: String,
-    timestamp: i64,
     body: Bytes,
 }
 
 impl VerifiedWebhook {
     pub fn webhook_id(&self) -> &str {
         &self.webhook_id
-    }
-
-    /// `webhook-timestamp`: when this delivery attempt was signed (unix seconds).
-    pub fn signed_at(&self) -> i64 {
-        self.timestamp
     }
 
     pub fn body(&self) -> &Bytes {
@@ -243,7 +237,6 @@ impl Verifier {
         if bool::from(matched) {
             Ok(VerifiedWebhook {
                 webhook_id: id.to_owned(),
-                timestamp,
                 body,
             })
         } else {

@@ -112,27 +112,97 @@ fn save_secret(vars: &[(String, String)]) -> Option<String> {
 }
 
 fn print_banner(pipeline: &Pipeline, generated_token: Option<&str>, secret_file: Option<&str>) {
-    let webhooks = format!("http://{}/webhooks/polar", pipeline.ingest_address);
-    let api = format!("http://{}", pipeline.projector_address);
     let broker = match &pipeline.kafka {
         Some(k) => format!("embedded broker at {}", k.bootstrap_servers()),
         None => "KAFKA_BROKERS".to_owned(),
     };
-    let token = generated_token.unwrap_or("(from PROJECTOR_API_TOKENS)");
-    println!();
-    println!("hookstream is running ({broker}, topic {})", pipeline.topic);
-    println!("  webhooks   {webhooks}");
-    println!("             polar listen {webhooks}");
-    match secret_file {
-        Some(path) => println!(
-            "  secret     generated; set POLAR_WEBHOOK_SECRET to use yours (saved in {path})"
-        ),
-        None => println!("  secret     from POLAR_WEBHOOK_SECRET"),
-    }
-    println!("  read API   {api}");
-    println!("  token      {token}");
-    println!(
-        "  try        curl -H 'Authorization: Bearer {token}' {api}/v1/customers/external/<external_id>/state"
+    print!(
+        "{}",
+        banner(&Banner {
+            broker: &broker,
+            topic: &pipeline.topic,
+            webhooks: &format!("http://{}/webhooks/polar", pipeline.ingest_address),
+            api: &format!("http://{}", pipeline.projector_address),
+            generated_token,
+            secret_file,
+        })
     );
-    println!("Ctrl-C stops.");
+}
+
+/// What the start-up banner says.
+struct Banner<'a> {
+    broker: &'a str,
+    topic: &'a str,
+    webhooks: &'a str,
+    api: &'a str,
+    /// The read API token, when this run generated it; otherwise the user
+    /// gave `PROJECTOR_API_TOKENS`, which is not echoed.
+    generated_token: Option<&'a str>,
+    secret_file: Option<&'a str>,
+}
+
+fn banner(b: &Banner<'_>) -> String {
+    let Banner {
+        broker,
+        topic,
+        webhooks,
+        api,
+        generated_token,
+        secret_file,
+    } = b;
+    let secret = match secret_file {
+        Some(path) => {
+            format!("generated; set POLAR_WEBHOOK_SECRET to use yours (saved in {path})")
+        }
+        None => "from POLAR_WEBHOOK_SECRET".to_owned(),
+    };
+    // A token the user set is not printed; the sample command then names
+    // where to take it from instead of pretending to be runnable as is.
+    let (token, bearer) = match generated_token {
+        Some(token) => ((*token).to_owned(), (*token).to_owned()),
+        None => (
+            "from PROJECTOR_API_TOKENS".to_owned(),
+            "<one of PROJECTOR_API_TOKENS>".to_owned(),
+        ),
+    };
+    format!(
+        "\nhookstream is running ({broker}, topic {topic})
+  webhooks   {webhooks}
+             polar listen {webhooks}
+  secret     {secret}
+  read API   {api}
+  token      {token}
+  try        curl -H 'Authorization: Bearer {bearer}' '{api}/v1/entitlements/check?external_id=<user id>&benefit_id=<benefit id>'
+Ctrl-C stops.
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_token(generated_token: Option<&str>) -> String {
+        banner(&Banner {
+            broker: "embedded broker at 127.0.0.1:1",
+            topic: "polar.events",
+            webhooks: "http://127.0.0.1:8080/webhooks/polar",
+            api: "http://127.0.0.1:8081",
+            generated_token,
+            secret_file: None,
+        })
+    }
+
+    #[test]
+    fn a_token_the_user_set_is_named_not_printed_or_passed_off_as_one() {
+        let text = with_token(None);
+        assert!(text.contains("  token      from PROJECTOR_API_TOKENS\n"), "{text}");
+        assert!(
+            text.contains("Bearer <one of PROJECTOR_API_TOKENS>"),
+            "{text}"
+        );
+        assert!(!text.contains("Bearer (from"), "{text}");
+        let text = with_token(Some("tok_123"));
+        assert!(text.contains("  token      tok_123\n") && text.contains("Bearer tok_123'"));
+    }
 }

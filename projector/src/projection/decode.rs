@@ -14,7 +14,6 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use super::families::{self, Stamp};
@@ -225,10 +224,6 @@ fn unstorable_escape(text: &str) -> Option<&'static str> {
     expect_low_surrogate.then_some("a high surrogate escape without its low half")
 }
 
-/// Reads a whole document, for tests and tools that need owned values.
-pub fn parse_owned<T: DeserializeOwned>(body: &[u8]) -> serde_json::Result<T> {
-    serde_json::from_slice(body)
-}
 
 #[cfg(test)]
 mod tests {

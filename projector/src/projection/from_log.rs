@@ -80,11 +80,6 @@ impl LogCursor {
         self.last
     }
 
-    /// How many ranges of skipped seqs are being watched.
-    pub fn skipped_ranges(&self) -> usize {
-        self.skipped.len()
-    }
-
     /// The next up to `limit` events after the cursor with `seq <= up_to`.
     pub async fn next_chunk(
         &mut self,

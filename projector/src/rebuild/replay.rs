@@ -195,6 +195,14 @@ async fn build_and_switch(
                 .await?;
             let previous = switch(&mut tx, generation).await?;
             tx.commit().await?;
+            if source.foreign_messages > 0 {
+                // Not ingest's (no `seq` header): nothing to project, but
+                // someone else writes to this topic.
+                tracing::warn!(
+                    skipped = source.foreign_messages,
+                    "the topic holds messages not published by ingest; they were skipped"
+                );
+            }
             Ok(previous)
         }
     }

@@ -1,7 +1,8 @@
 //! The projector's Prometheus metrics, one registry per running service.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use hookstream_shared::http::{BATCH_SIZE_BUCKETS, LATENCY_BUCKETS};
@@ -99,6 +100,8 @@ pub struct ProjectorMetrics {
     pub cache_hits: IntCounter,
     /// Entitlement checks that read Postgres.
     pub cache_misses: IntCounter,
+    /// Entitlement checks waiting for their answer to change (`wait_for`).
+    pub waiters: IntGauge,
 }
 
 impl ProjectorMetrics {
@@ -186,8 +189,14 @@ impl ProjectorMetrics {
             "Entitlement checks that read Postgres",
         )
         .expect("metric");
+        let waiters = IntGauge::new(
+            "entitlement_waiters",
+            "Entitlement checks waiting for their answer to change (wait_for)",
+        )
+        .expect("metric");
         for collector in [
             Box::new(cache_hits.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(waiters.clone()),
             Box::new(cache_misses.clone()),
             Box::new(offset_gaps.clone()),
             Box::new(backfills.clone()),
@@ -222,6 +231,7 @@ impl ProjectorMetrics {
             api_seconds,
             cache_hits,
             cache_misses,
+            waiters,
             offset_gaps,
             backfills,
         }

@@ -20,6 +20,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::waiters::Waiters;
 use crate::changes::CLEAR_ALL;
 
 /// One grant an answer can rest on.
@@ -120,10 +121,13 @@ impl Maps {
     }
 }
 
-/// The cache; cheap to share behind an `Arc`.
+/// The cache; cheap to share behind an `Arc`. The requests waiting on a
+/// change ([`Waiters`]) are woken by the same notifications, after the
+/// entries they name are gone, so a woken waiter reads the change.
 #[derive(Debug)]
 pub struct EntitlementCache {
     maps: Mutex<Maps>,
+    waiters: Arc<Waiters>,
     /// Bumped by every invalidation; fills compare it before inserting.
     epoch: AtomicU64,
     listening: AtomicBool,
@@ -156,11 +160,23 @@ impl EntitlementCache {
     pub fn new(max_entries: usize, ttl: Duration) -> Self {
         Self {
             maps: Mutex::new(Maps::default()),
+            waiters: Arc::new(Waiters::default()),
             epoch: AtomicU64::new(0),
             listening: AtomicBool::new(false),
             max_entries,
             ttl,
         }
+    }
+
+    /// The requests waiting on a change.
+    pub fn waiters(&self) -> &Arc<Waiters> {
+        &self.waiters
+    }
+
+    /// Whether change notifications are being received (else the cache is
+    /// bypassed, and waiters must look for themselves).
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
     }
 
     fn usable(&self) -> bool {
@@ -277,8 +293,14 @@ impl EntitlementCache {
         }
     }
 
-    /// Applies one notification payload.
+    /// Applies one notification payload, then wakes whoever waits on what
+    /// it names.
     pub fn invalidate(&self, payload: &str) {
+        self.evict(payload);
+        self.waiters.wake(payload);
+    }
+
+    fn evict(&self, payload: &str) {
         let mut maps = self.maps.lock().expect("cache lock");
         self.epoch.fetch_add(1, Ordering::AcqRel);
         if payload == CLEAR_ALL {
@@ -305,9 +327,12 @@ impl EntitlementCache {
     /// The listener is connected (`true`) or lost (`false`, which also empties the cache).
     pub fn set_listening(&self, listening: bool) {
         if !listening {
-            self.invalidate(CLEAR_ALL);
+            self.evict(CLEAR_ALL);
         }
         self.listening.store(listening, Ordering::Release);
+        // Either way waiters must look again: while no one listened,
+        // notifications may have been missed.
+        self.waiters.wake_everyone();
     }
 }
 

@@ -24,9 +24,15 @@
 //! Unknown and deleted subjects are simply not entitled (200, `granted:
 //! false`): a gate should not need to tell the two apart. Every answer lists
 //! the grants it rests on (`via`).
+//!
+//! `wait_for=granted|revoked` (with `timeout_ms`, at most 30 s) makes it a
+//! waiting read, for an app's success page: the answer comes as soon as it
+//! is that, woken by the projector's change notifications (see
+//! [`super::waiters`]), or at the timeout as it is then.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
@@ -104,26 +110,152 @@ pub async fn check(
         .one("benefit_id")?
         .filter(|b| !b.is_empty())
         .ok_or_else(|| ApiError::invalid("benefit_id", "is required"))?;
-    let answer = match subject(&params)? {
+    let subject = subject(&params)?;
+    let Some(wait) = Wait::from_params(&params)? else {
+        let answer = evaluate(&state, benefit_id, subject).await?;
+        return Ok(json_text(answer.body));
+    };
+    state.metrics.waiters.inc();
+    let _counted = scopeguard(|| state.metrics.waiters.dec());
+    let deadline = tokio::time::Instant::now() + wait.timeout;
+    let mut keys = subject.keys();
+    loop {
+        // Registered and armed before the read: a change committed while
+        // it runs still wakes this request.
+        let registration = state.cache.waiters().register(keys.iter().cloned());
+        let changed = registration.changed();
+        tokio::pin!(changed);
+        let answer = evaluate(&state, benefit_id, subject).await?;
+        if answer.granted == wait.granted || tokio::time::Instant::now() >= deadline {
+            return Ok(json_text(answer.body));
+        }
+        if answer.keys != keys {
+            // The read named customers to watch as well: watch them, read again.
+            keys = answer.keys;
+            continue;
+        }
+        // Without change notifications nothing would wake it: look again
+        // now and then instead.
+        let listening = state.cache.is_listening();
+        tokio::select! {
+            () = &mut changed => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            () = tokio::time::sleep(UNHEARD_POLL), if !listening => {}
+        }
+    }
+}
+
+/// Longest `timeout_ms` a waiting check may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// `timeout_ms` when `wait_for` is given without one.
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+/// How often a waiter looks again while change notifications are not heard.
+const UNHEARD_POLL: Duration = Duration::from_millis(250);
+
+/// `wait_for=granted|revoked&timeout_ms=`: answer as soon as the answer is
+/// that, or at the timeout with the answer as it is then.
+#[derive(Debug, Clone, Copy)]
+struct Wait {
+    granted: bool,
+    timeout: Duration,
+}
+
+impl Wait {
+    fn from_params(params: &QueryParams) -> Result<Option<Self>, ApiError> {
+        let timeout = match params.one("timeout_ms")? {
+            None => None,
+            Some(text) => Some(
+                text.parse::<u64>()
+                    .ok()
+                    .map(Duration::from_millis)
+                    .filter(|t| *t <= MAX_WAIT)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "timeout_ms",
+                            format!("must be an integer from 0 to {}", MAX_WAIT.as_millis()),
+                        )
+                    })?,
+            ),
+        };
+        let granted = match params.one("wait_for")? {
+            None if timeout.is_some() => {
+                return Err(ApiError::invalid("timeout_ms", "needs wait_for"));
+            }
+            None => return Ok(None),
+            Some("granted") => true,
+            Some("revoked") => false,
+            Some(_) => return Err(ApiError::invalid("wait_for", "must be granted or revoked")),
+        };
+        Ok(Some(Self {
+            granted,
+            timeout: timeout.unwrap_or(DEFAULT_WAIT),
+        }))
+    }
+}
+
+/// Runs `f` when dropped (a waiter leaving, however it leaves).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+impl Subject<'_> {
+    /// The change-notification keys that name this subject before anything
+    /// is read (its customers are added once they are known).
+    fn keys(&self) -> Vec<String> {
+        match self {
+            Self::Customer(CustomerKey::Id(id)) => vec![format!("c:{id}")],
+            Self::Customer(CustomerKey::External(x)) | Self::Person { external_id: x, .. } => {
+                vec![format!("x:{x}")]
+            }
+        }
+    }
+}
+
+/// An answer, and the notification keys that would name a change to it.
+struct Answer {
+    granted: bool,
+    body: String,
+    keys: Vec<String>,
+}
+
+async fn evaluate(
+    state: &ApiState,
+    benefit_id: &str,
+    subject: Subject<'_>,
+) -> Result<Answer, ApiError> {
+    let mut keys = subject.keys();
+    let (granted, body) = match subject {
         Subject::Customer(key) => {
-            let customer = customer_entitlements(&state, key).await?;
+            let customer = customer_entitlements(state, key).await?;
             let via: Vec<&Holding> = customer
                 .as_ref()
                 .map(|c| c.holdings_of(benefit_id).collect())
                 .unwrap_or_default();
-            serde_json::to_string(&CustomerAnswer {
+            if let (CustomerKey::External(_), Some(c)) = (key, &customer) {
+                keys.push(format!("c:{}", c.customer_id));
+            }
+            let answer = CustomerAnswer {
                 granted: !via.is_empty(),
                 customer_id: customer.as_ref().map(|c| c.customer_id.as_str()),
                 benefit_id,
                 via: via.into_iter().map(Via::of).collect(),
-            })
+            };
+            (answer.granted, serde_json::to_string(&answer))
         }
         Subject::Person {
             external_id,
             within,
             members_only,
         } => {
-            let person = person_entitlements(&state, external_id).await?;
+            let person = person_entitlements(state, external_id).await?;
             let mut via: Vec<&Holding> = Vec::new();
             for h in &person.holdings {
                 let counts = h.holding.benefit_id == benefit_id
@@ -141,18 +273,26 @@ pub async fn check(
                     via.push(&h.holding);
                 }
             }
+            let mut customers: Vec<&String> = person.customers.iter().collect();
+            customers.sort();
+            keys.extend(customers.into_iter().map(|c| format!("c:{c}")));
             let first = via.first();
-            serde_json::to_string(&PersonAnswer {
+            let answer = PersonAnswer {
                 granted: !via.is_empty(),
                 external_id,
                 customer_id: first.map(|h| h.customer_id.as_str()),
                 member_id: first.and_then(|h| h.member_id.as_deref()),
                 benefit_id,
                 via: via.iter().map(|h| Via::of(h)).collect(),
-            })
+            };
+            (answer.granted, serde_json::to_string(&answer))
         }
     };
-    Ok(json_text(answer.map_err(anyhow::Error::from)?))
+    Ok(Answer {
+        granted,
+        body: body.map_err(anyhow::Error::from)?,
+        keys,
+    })
 }
 
 /// The answer about a customer. Serialised straight from borrowed fields:

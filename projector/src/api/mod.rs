@@ -16,6 +16,7 @@ mod list;
 mod members;
 mod params;
 mod subscriptions;
+pub mod waiters;
 
 use std::sync::Arc;
 use std::time::Instant;

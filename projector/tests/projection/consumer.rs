@@ -459,6 +459,128 @@ async fn a_cached_person_is_forgotten_as_soon_as_their_seat_is_revoked(pool: PgP
     forgotten_from_cache(&pool, &before, &revoked, "external_id=ada&benefit_id=ben").await;
 }
 
+/// The success page's question: a check asked before the grant exists
+/// answers as soon as the grant's batch commits, woken by the change
+/// notification; one that nothing satisfies answers at its timeout.
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn a_waiting_check_answers_when_the_grant_commits_or_at_its_timeout(pool: PgPool) {
+    use crate::helpers::{Stream, benefit, customer, grant};
+    use serde_json::json;
+    let topic = topic();
+    let s = Stream::new();
+    let c = customer("cus_w", Some("usr_w"), s.now(), None);
+    let b = benefit("ben", s.now());
+    let before = [
+        s.event("customer.created", c.clone()),
+        s.event("benefit.created", b.clone()),
+    ];
+    let granted = s.event(
+        "benefit_grant.created",
+        grant("g", &c, &b, None, true, s.tick(5), None),
+    );
+    publish(&topic, &before).await;
+    let app = Application::build_with_pool(config(&topic, &[]), pool.clone())
+        .await
+        .unwrap();
+    let api = format!("http://{}", app.address());
+    let metrics = app.metrics();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    wait_consumed(&pool, &topic.name, before.len(), Duration::from_secs(30)).await;
+
+    hookstream_shared::tls::use_ring_provider();
+    let client = reqwest::Client::new();
+    let ask = |query: String| {
+        let request = client
+            .get(format!("{api}/v1/entitlements/check?{query}"))
+            .bearer_auth(TOKEN);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // Wait until change notifications are heard (checks are then cached).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics.cache_hits.get() == 0 {
+        ask("external_id=usr_w&benefit_id=ben".into()).await;
+        assert!(Instant::now() < deadline, "never answered from the cache");
+    }
+
+    // A person and a customer, both waiting before the grant is sent.
+    assert_eq!(metrics.waiters.get(), 0);
+    let waiting: Vec<_> = ["external_id=usr_w", "external_customer_id=usr_w"]
+        .into_iter()
+        .map(|subject| {
+            tokio::spawn(ask(format!(
+                "{subject}&benefit_id=ben&wait_for=granted&timeout_ms=20000"
+            )))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        waiting.iter().all(|w| !w.is_finished()),
+        "answered before the grant"
+    );
+    assert_eq!(metrics.waiters.get(), 2);
+    publish(&topic, std::slice::from_ref(&granted)).await;
+    // The commit, seen from outside as soon as it can be.
+    let committed = loop {
+        let consumed: Option<i64> = sqlx::query_scalar(
+            "select sum(next_offset)::bigint from projector_offsets where topic = $1",
+        )
+        .bind(&topic.name)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if consumed.unwrap_or(0) > before.len() as i64 {
+            break Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    for waiter in waiting {
+        let (status, answer) = waiter.await.unwrap();
+        let answered = Instant::now();
+        assert_eq!(
+            (status, answer["granted"].clone()),
+            (200, json!(true)),
+            "{answer}"
+        );
+        assert!(
+            answered.saturating_duration_since(committed) < Duration::from_millis(200),
+            "answered {:?} after the commit",
+            answered - committed
+        );
+    }
+
+    // Nothing will revoke it: the wait ends at its timeout, with the answer as it is.
+    let asked = Instant::now();
+    let (status, answer) =
+        ask("external_id=usr_w&benefit_id=ben&wait_for=revoked&timeout_ms=400".into()).await;
+    let waited = asked.elapsed();
+    assert_eq!((status, answer["granted"].clone()), (200, json!(true)));
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // Already so: no wait at all.
+    let asked = Instant::now();
+    let (_, answer) =
+        ask("external_id=usr_w&benefit_id=ben&wait_for=granted&timeout_ms=20000".into()).await;
+    assert_eq!(answer["granted"], json!(true));
+    assert!(asked.elapsed() < Duration::from_secs(1));
+    for bad in [
+        "external_id=usr_w&benefit_id=ben&wait_for=maybe",
+        "external_id=usr_w&benefit_id=ben&wait_for=granted&timeout_ms=30001",
+        "external_id=usr_w&benefit_id=ben&timeout_ms=100",
+    ] {
+        assert_eq!(ask(bad.into()).await.0, 422, "{bad}");
+    }
+    assert_eq!(metrics.waiters.get(), 0);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
 /// Runs a projector over `before`, has `query` answered granted from its
 /// cache, then publishes `change` and expects the answer to turn false
 /// within moments of the batch's commit.

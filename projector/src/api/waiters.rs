@@ -1,0 +1,157 @@
+//! Waiting reads: requests parked until a change notification names what
+//! they wait on (a customer `c:<id>` or an external id `x:<id>`, the tokens
+//! of [`crate::changes`]), then re-evaluated. They cost memory, never a
+//! database connection while they wait.
+//!
+//! A waiter registers its keys *before* it reads, and arms its wake-up
+//! before it reads too, so a change committed between its read and its
+//! sleep still wakes it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::changes::CLEAR_ALL;
+
+/// The parked requests, by the keys they wait on.
+#[derive(Debug, Default)]
+pub struct Waiters {
+    /// Key → its wake-up and how many registrations hold it.
+    keys: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
+    /// Woken by every notification that cannot be matched to keys (a
+    /// clear-all, a listener reconnect).
+    everyone: Arc<Notify>,
+}
+
+impl Waiters {
+    /// Registers interest in `keys` until the registration is dropped.
+    pub fn register(self: &Arc<Self>, keys: impl IntoIterator<Item = String>) -> Registration {
+        let mut map = self.keys.lock().expect("waiters lock");
+        let notifies = keys
+            .into_iter()
+            .map(|key| {
+                let entry = map
+                    .entry(key.clone())
+                    .or_insert_with(|| (Arc::new(Notify::new()), 0));
+                entry.1 += 1;
+                (key, entry.0.clone())
+            })
+            .collect();
+        Registration {
+            waiters: self.clone(),
+            notifies,
+        }
+    }
+
+    /// Wakes the waiters of every key a notification payload names.
+    pub fn wake(&self, payload: &str) {
+        if payload == CLEAR_ALL {
+            self.wake_everyone();
+            return;
+        }
+        let map = self.keys.lock().expect("waiters lock");
+        for token in payload.split(',') {
+            if let Some((notify, _)) = map.get(token) {
+                notify.notify_waiters();
+            }
+        }
+    }
+
+    pub fn wake_everyone(&self) {
+        self.everyone.notify_waiters();
+        for (notify, _) in self.keys.lock().expect("waiters lock").values() {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Keys currently waited on (for tests and metrics).
+    pub fn keys(&self) -> usize {
+        self.keys.lock().expect("waiters lock").len()
+    }
+}
+
+/// A waiter's interest in some keys; dropping it forgets them.
+#[derive(Debug)]
+pub struct Registration {
+    waiters: Arc<Waiters>,
+    notifies: Vec<(String, Arc<Notify>)>,
+}
+
+impl Registration {
+    /// Resolves at the next notification naming any of the keys (or
+    /// everyone). Armed at once: a notification between this call and the
+    /// first poll still counts.
+    pub fn changed(&self) -> impl Future<Output = ()> + '_ {
+        let mut armed: Vec<_> = self
+            .notifies
+            .iter()
+            .map(|(_, notify)| Box::pin(notify.notified()))
+            .chain(std::iter::once(Box::pin(self.waiters.everyone.notified())))
+            .collect();
+        for notified in &mut armed {
+            notified.as_mut().enable();
+        }
+        async move {
+            futures::future::select_all(armed).await;
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut map = self.waiters.keys.lock().expect("waiters lock");
+        for (key, _) in &self.notifies {
+            if let Some(entry) = map.get_mut(key) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_notification_between_arming_and_waiting_still_wakes() {
+        let waiters = Arc::new(Waiters::default());
+        let registration = waiters.register(["c:cus_1".to_owned()]);
+        let changed = registration.changed();
+        // The change lands after arming and before the waiter awaits.
+        waiters.wake("c:cus_9,c:cus_1");
+        tokio::time::timeout(Duration::from_secs(1), changed)
+            .await
+            .expect("woken");
+    }
+
+    #[tokio::test]
+    async fn only_the_keys_named_wake_and_dropped_registrations_are_forgotten() {
+        let waiters = Arc::new(Waiters::default());
+        let registration = waiters.register(["x:usr_1".to_owned()]);
+        let other = waiters.register(["x:usr_1".to_owned(), "c:cus_2".to_owned()]);
+        assert_eq!(waiters.keys(), 2);
+        let changed = registration.changed();
+        waiters.wake("c:cus_2");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), changed)
+                .await
+                .is_err(),
+            "woken by another key"
+        );
+        let changed = registration.changed();
+        waiters.wake(CLEAR_ALL);
+        tokio::time::timeout(Duration::from_secs(1), changed)
+            .await
+            .expect("a clear-all wakes everyone");
+        drop(other);
+        assert_eq!(waiters.keys(), 1);
+        drop(registration);
+        assert_eq!(waiters.keys(), 0);
+    }
+}

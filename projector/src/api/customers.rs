@@ -1,10 +1,14 @@
 //! `GET /v1/customers/{id}/state` and `GET /v1/customers/external/{external_id}/state`:
 //! Polar's CustomerState, the customer with its active subscriptions, granted
 //! benefits and active meters. Unknown and deleted customers are 404.
+//! `wait_for=active_subscription` makes it a waiting read (see
+//! [`super::waiters`]).
 
-use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse as _, Response};
 
+use super::params::QueryParams;
+use super::waiters::{Wait, Waited, wait_until};
 use super::{ApiError, ApiState, json_text};
 
 /// The customer snapshot with the three lists added, as one JSON text. The
@@ -29,34 +33,94 @@ const STATE_COLUMNS: &str = "
              from projection.customer_states s where s.customer_id = c.id), '[]'::jsonb)
     ))::text";
 
+/// Which customer a state is asked for.
+#[derive(Debug, Clone, Copy)]
+enum Whose<'a> {
+    Id(&'a str),
+    External(&'a str),
+}
+
 pub async fn state_by_id(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let sql = format!(
-        "select {STATE_COLUMNS} from projection.customers c where c.id = $1 and c.deleted_at is null"
-    );
-    let text: Option<String> = sqlx::query_scalar(&sql)
-        .bind(&id)
-        .fetch_optional(&state.pool)
-        .await?;
-    text.map(json_text).ok_or(ApiError::NotFound)
+    answer(&state, Whose::Id(&id), query.as_deref()).await
 }
 
 pub async fn state_by_external_id(
     State(state): State<ApiState>,
     Path(external_id): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    // Polar keeps external ids unique among live customers; while events are
-    // still arriving two may briefly share one, so pick deterministically.
+    answer(&state, Whose::External(&external_id), query.as_deref()).await
+}
+
+/// The state, or with `wait_for=active_subscription&timeout_ms=` (for an
+/// app's success page) the state as soon as it lists an active
+/// subscription, or at the timeout as it is then (404 if the customer does
+/// not exist yet).
+async fn answer(
+    state: &ApiState,
+    whose: Whose<'_>,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let params = QueryParams::parse(query);
+    let Some(wait) = Wait::parse(&params, &[("active_subscription", true)])? else {
+        return read(state, whose)
+            .await?
+            .map(|(_, text, _)| json_text(text))
+            .ok_or(ApiError::NotFound);
+    };
+    let own_key = match whose {
+        Whose::Id(id) => format!("c:{id}"),
+        Whose::External(external_id) => format!("x:{external_id}"),
+    };
+    wait_until(state, wait, vec![own_key.clone()], || async {
+        let found = read(state, whose).await?;
+        let mut keys = vec![own_key.clone()];
+        Ok(match found {
+            Some((id, text, active)) => {
+                if matches!(whose, Whose::External(_)) {
+                    keys.push(format!("c:{id}"));
+                }
+                Waited {
+                    done: active,
+                    response: json_text(text),
+                    keys,
+                }
+            }
+            None => Waited {
+                done: false,
+                response: ApiError::NotFound.into_response(),
+                keys,
+            },
+        })
+    })
+    .await
+}
+
+/// The live customer's id, its state, and whether the state lists an
+/// active subscription.
+async fn read(
+    state: &ApiState,
+    whose: Whose<'_>,
+) -> Result<Option<(String, String, bool)>, ApiError> {
+    let (filter, value) = match whose {
+        Whose::Id(id) => ("c.id = $1", id),
+        // Polar keeps external ids unique among live customers; while events
+        // are still arriving two may briefly share one, so pick deterministically.
+        Whose::External(external_id) => ("c.external_id = $1", external_id),
+    };
     let sql = format!(
-        "select {STATE_COLUMNS} from projection.customers c
-         where c.external_id = $1 and c.deleted_at is null
+        "select c.id, {STATE_COLUMNS},
+                exists (select 1 from projection.effective_subscriptions e where e.customer_id = c.id)
+         from projection.customers c
+         where {filter} and c.deleted_at is null
          order by c.id limit 1"
     );
-    let text: Option<String> = sqlx::query_scalar(&sql)
-        .bind(&external_id)
+    Ok(sqlx::query_as(&sql)
+        .bind(value)
         .fetch_optional(&state.pool)
-        .await?;
-    text.map(json_text).ok_or(ApiError::NotFound)
+        .await?)
 }

@@ -32,7 +32,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
@@ -43,6 +42,7 @@ use super::entitlement_cache::{
     Through,
 };
 use super::params::QueryParams;
+use super::waiters::{Wait, Waited, wait_until};
 use super::{ApiError, ApiState, json_text};
 
 /// What the request asks about.
@@ -111,99 +111,19 @@ pub async fn check(
         .filter(|b| !b.is_empty())
         .ok_or_else(|| ApiError::invalid("benefit_id", "is required"))?;
     let subject = subject(&params)?;
-    let Some(wait) = Wait::from_params(&params)? else {
+    let Some(wait) = Wait::parse(&params, &[("granted", true), ("revoked", false)])? else {
         let answer = evaluate(&state, benefit_id, subject).await?;
         return Ok(json_text(answer.body));
     };
-    state.metrics.waiters.inc();
-    let _counted = scopeguard(|| state.metrics.waiters.dec());
-    let deadline = tokio::time::Instant::now() + wait.timeout;
-    let mut keys = subject.keys();
-    loop {
-        // Registered and armed before the read: a change committed while
-        // it runs still wakes this request.
-        let registration = state.cache.waiters().register(keys.iter().cloned());
-        let changed = registration.changed();
-        tokio::pin!(changed);
+    wait_until(&state, wait, subject.keys(), || async {
         let answer = evaluate(&state, benefit_id, subject).await?;
-        if answer.granted == wait.granted || tokio::time::Instant::now() >= deadline {
-            return Ok(json_text(answer.body));
-        }
-        if answer.keys != keys {
-            // The read named customers to watch as well: watch them, read again.
-            keys = answer.keys;
-            continue;
-        }
-        // Without change notifications nothing would wake it: look again
-        // now and then instead.
-        let listening = state.cache.is_listening();
-        tokio::select! {
-            () = &mut changed => {}
-            () = tokio::time::sleep_until(deadline) => {}
-            () = tokio::time::sleep(UNHEARD_POLL), if !listening => {}
-        }
-    }
-}
-
-/// Longest `timeout_ms` a waiting check may ask for.
-pub const MAX_WAIT: Duration = Duration::from_secs(30);
-/// `timeout_ms` when `wait_for` is given without one.
-const DEFAULT_WAIT: Duration = Duration::from_secs(10);
-/// How often a waiter looks again while change notifications are not heard.
-const UNHEARD_POLL: Duration = Duration::from_millis(250);
-
-/// `wait_for=granted|revoked&timeout_ms=`: answer as soon as the answer is
-/// that, or at the timeout with the answer as it is then.
-#[derive(Debug, Clone, Copy)]
-struct Wait {
-    granted: bool,
-    timeout: Duration,
-}
-
-impl Wait {
-    fn from_params(params: &QueryParams) -> Result<Option<Self>, ApiError> {
-        let timeout = match params.one("timeout_ms")? {
-            None => None,
-            Some(text) => Some(
-                text.parse::<u64>()
-                    .ok()
-                    .map(Duration::from_millis)
-                    .filter(|t| *t <= MAX_WAIT)
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "timeout_ms",
-                            format!("must be an integer from 0 to {}", MAX_WAIT.as_millis()),
-                        )
-                    })?,
-            ),
-        };
-        let granted = match params.one("wait_for")? {
-            None if timeout.is_some() => {
-                return Err(ApiError::invalid("timeout_ms", "needs wait_for"));
-            }
-            None => return Ok(None),
-            Some("granted") => true,
-            Some("revoked") => false,
-            Some(_) => return Err(ApiError::invalid("wait_for", "must be granted or revoked")),
-        };
-        Ok(Some(Self {
-            granted,
-            timeout: timeout.unwrap_or(DEFAULT_WAIT),
-        }))
-    }
-}
-
-/// Runs `f` when dropped (a waiter leaving, however it leaves).
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
+        Ok(Waited {
+            done: answer.granted == wait.granted,
+            response: json_text(answer.body),
+            keys: answer.keys,
+        })
+    })
+    .await
 }
 
 impl Subject<'_> {

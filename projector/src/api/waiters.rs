@@ -9,9 +9,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use axum::response::Response;
 use tokio::sync::Notify;
 
+use super::params::QueryParams;
+use super::{ApiError, ApiState};
 use crate::changes::CLEAR_ALL;
 
 /// The parked requests, by the keys they wait on.
@@ -110,6 +114,131 @@ impl Drop for Registration {
             }
         }
     }
+}
+
+/// One look at what a waiting read waits for.
+#[derive(Debug)]
+pub struct Waited {
+    /// Whether it is what the request waits for.
+    pub done: bool,
+    pub response: Response,
+    /// The change-notification keys that would name a change to it.
+    pub keys: Vec<String>,
+}
+
+/// Looks with `look` until it is done or `wait.timeout` has passed, woken
+/// by change notifications naming the keys it reports (starting with
+/// `keys`); returns the last look's response.
+pub async fn wait_until<F, Fut>(
+    state: &ApiState,
+    wait: Wait,
+    mut keys: Vec<String>,
+    mut look: F,
+) -> Result<Response, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Waited, ApiError>>,
+{
+    state.metrics.waiters.inc();
+    let _counted = scopeguard(|| state.metrics.waiters.dec());
+    let deadline = tokio::time::Instant::now() + wait.timeout;
+    loop {
+        // Registered and armed before the read: a change committed while
+        // it runs still wakes this request.
+        let registration = state.cache.waiters().register(keys.iter().cloned());
+        let changed = registration.changed();
+        tokio::pin!(changed);
+        let seen = look().await?;
+        if seen.done || tokio::time::Instant::now() >= deadline {
+            return Ok(seen.response);
+        }
+        if seen.keys != keys {
+            // The read named customers to watch as well: watch them, read again.
+            keys = seen.keys;
+            continue;
+        }
+        // Without change notifications nothing would wake it: look again
+        // now and then instead.
+        let listening = state.cache.is_listening();
+        tokio::select! {
+            () = &mut changed => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            () = tokio::time::sleep(UNHEARD_POLL), if !listening => {}
+        }
+    }
+}
+
+/// Longest `timeout_ms` a waiting check may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// `timeout_ms` when `wait_for` is given without one.
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+/// How often a waiter looks again while change notifications are not heard.
+const UNHEARD_POLL: Duration = Duration::from_millis(250);
+
+/// `wait_for=<condition>&timeout_ms=`: answer as soon as the condition
+/// holds, or at the timeout with the answer as it is then.
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    /// Which of the route's conditions (see [`Wait::parse`]): for the
+    /// check, `granted` (true) or `revoked` (false).
+    pub granted: bool,
+    pub timeout: Duration,
+}
+
+impl Wait {
+    /// The check's `wait_for=granted|revoked`.
+    /// `wait_for` among `conditions` (each with what it means), and `timeout_ms`.
+    pub fn parse(
+        params: &QueryParams,
+        conditions: &[(&str, bool)],
+    ) -> Result<Option<Self>, ApiError> {
+        let timeout = match params.one("timeout_ms")? {
+            None => None,
+            Some(text) => Some(
+                text.parse::<u64>()
+                    .ok()
+                    .map(Duration::from_millis)
+                    .filter(|t| *t <= MAX_WAIT)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "timeout_ms",
+                            format!("must be an integer from 0 to {}", MAX_WAIT.as_millis()),
+                        )
+                    })?,
+            ),
+        };
+        let granted = match params.one("wait_for")? {
+            None if timeout.is_some() => {
+                return Err(ApiError::invalid("timeout_ms", "needs wait_for"));
+            }
+            None => return Ok(None),
+            Some(condition) => conditions
+                .iter()
+                .find(|(name, _)| *name == condition)
+                .map(|(_, meaning)| *meaning)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = conditions.iter().map(|(name, _)| *name).collect();
+                    ApiError::invalid("wait_for", format!("must be one of {}", names.join(", ")))
+                })?,
+        };
+        Ok(Some(Self {
+            granted,
+            timeout: timeout.unwrap_or(DEFAULT_WAIT),
+        }))
+    }
+}
+
+/// Runs `f` when dropped (a waiter leaving, however it leaves).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 #[cfg(test)]

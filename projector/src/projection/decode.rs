@@ -224,7 +224,6 @@ fn unstorable_escape(text: &str) -> Option<&'static str> {
     expect_low_surrogate.then_some("a high surrogate escape without its low half")
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

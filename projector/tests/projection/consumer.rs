@@ -463,8 +463,8 @@ async fn a_cached_person_is_forgotten_as_soon_as_their_seat_is_revoked(pool: PgP
 /// answers as soon as the grant's batch commits, woken by the change
 /// notification; one that nothing satisfies answers at its timeout.
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
-async fn a_waiting_check_answers_when_the_grant_commits_or_at_its_timeout(pool: PgPool) {
-    use crate::helpers::{Stream, benefit, customer, grant};
+async fn waiting_reads_answer_when_the_change_commits_or_at_their_timeout(pool: PgPool) {
+    use crate::helpers::{Stream, benefit, customer, grant, subscription};
     use serde_json::json;
     let topic = topic();
     let s = Stream::new();
@@ -552,6 +552,64 @@ async fn a_waiting_check_answers_when_the_grant_commits_or_at_its_timeout(pool: 
             answered - committed
         );
     }
+
+    // The state, waiting for an active subscription.
+    let get = |path: String| {
+        let request = client.get(format!("{api}{path}")).bearer_auth(TOKEN);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response
+                    .json::<serde_json::Value>()
+                    .await
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    let state_waiter = tokio::spawn(get(
+        "/v1/customers/external/usr_w/state?wait_for=active_subscription&timeout_ms=20000".into(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!state_waiter.is_finished(), "no subscription yet");
+    let consumed_before = before.len() as i64 + 1;
+    publish(
+        &topic,
+        &[s.event(
+            "subscription.created",
+            subscription("sub_w", &c, "prod", "active", s.tick(5), None),
+        )],
+    )
+    .await;
+    let committed = loop {
+        let consumed: Option<i64> = sqlx::query_scalar(
+            "select sum(next_offset)::bigint from projector_offsets where topic = $1",
+        )
+        .bind(&topic.name)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if consumed.unwrap_or(0) > consumed_before {
+            break Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let (status, state) = state_waiter.await.unwrap();
+    assert!(Instant::now().saturating_duration_since(committed) < Duration::from_millis(200));
+    assert_eq!(status, 200);
+    assert_eq!(
+        state["active_subscriptions"][0]["id"],
+        json!("sub_w"),
+        "{state}"
+    );
+    let asked = Instant::now();
+    let (status, _) = get(
+        "/v1/customers/external/nobody/state?wait_for=active_subscription&timeout_ms=300".into(),
+    )
+    .await;
+    assert_eq!(status, 404, "no such customer, at the timeout");
+    assert!(asked.elapsed() >= Duration::from_millis(300));
 
     // Nothing will revoke it: the wait ends at its timeout, with the answer as it is.
     let asked = Instant::now();

@@ -33,6 +33,12 @@ const TYPES: &[&str] = &[
     "product.updated",
     "benefit.created",
     "benefit.updated",
+    "member.created",
+    "member.updated",
+    "member.deleted",
+    "customer_seat.assigned",
+    "customer_seat.claimed",
+    "customer_seat.revoked",
 ];
 
 fuzz_target!(|data: &[u8]| {

@@ -196,7 +196,10 @@ mod tests {
     #[test]
     fn a_token_the_user_set_is_named_not_printed_or_passed_off_as_one() {
         let text = with_token(None);
-        assert!(text.contains("  token      from PROJECTOR_API_TOKENS\n"), "{text}");
+        assert!(
+            text.contains("  token      from PROJECTOR_API_TOKENS\n"),
+            "{text}"
+        );
         assert!(
             text.contains("Bearer <one of PROJECTOR_API_TOKENS>"),
             "{text}"

@@ -128,6 +128,26 @@ pub async fn check_entitlements(
     Ok((rows.len() + anywhere.len(), wrong))
 }
 
+/// Reads every customer's members back through polar-sdk (`tests/sdk/members.py`)
+/// and compares them with `dir/expected.json`. Returns whether all matched
+/// and the script's output.
+pub async fn sdk_members_check(
+    dir: &Path,
+    api: &str,
+    token: &str,
+) -> anyhow::Result<(bool, String)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/members.py");
+    let mut command = Command::new("python3");
+    command
+        .arg(script)
+        .arg(dir.join("expected.json"))
+        .args([api, token]);
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
+    let mut report = String::from_utf8_lossy(&output.stdout).into_owned();
+    report.push_str(&String::from_utf8_lossy(&output.stderr));
+    Ok((output.status.success(), report))
+}
+
 /// Generates a stream into `dir` unless it is already there (polarsim is
 /// deterministic per seed and version, so a cached stream is the same stream).
 pub fn generate(dir: &Path, seed: u32, customers: u32, days: u32) -> anyhow::Result<()> {

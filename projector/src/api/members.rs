@@ -1,13 +1,16 @@
-//! `GET /v1/members/`: Polar's paginated Member list, filtered by customer or
-//! external customer id. Deleted members, and the members of deleted
-//! customers, are not listed, as in Polar.
+//! Polar's members of a customer, as polar-sdk 1.0.2 (API 2026-10) asks for
+//! them: `GET /v1/customers/{id}/members`, `/v1/customers/external/{id}/members`
+//! (404 for an unknown or deleted customer, `role` filter) and
+//! `/v1/customers/{id}/members/{member_id}`; and `GET /v1/members/?customer_id=
+//! &external_customer_id=`, the organization-wide list. Deleted members, and
+//! the members of deleted customers, are not listed, as in Polar.
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 
 use super::list::{Arg, List};
 use super::params::QueryParams;
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, json_text};
 
 fn sort_column(name: &str) -> Option<&'static str> {
     Some(match name {
@@ -41,4 +44,80 @@ pub async fn list(
     }
     .page(&state.pool, page)
     .await
+}
+
+/// Which customer's members are asked for.
+#[derive(Debug, Clone, Copy)]
+enum Whose<'a> {
+    Id(&'a str),
+    External(&'a str),
+}
+
+pub async fn of_customer(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    customer_members(&state, Whose::Id(&id), query.as_deref()).await
+}
+
+pub async fn of_external_customer(
+    State(state): State<ApiState>,
+    Path(external_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    customer_members(&state, Whose::External(&external_id), query.as_deref()).await
+}
+
+async fn customer_members(
+    state: &ApiState,
+    whose: Whose<'_>,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let params = QueryParams::parse(query);
+    let page = params.page()?;
+    let order = params.sorting(&["-created_at"], sort_column)?;
+    let roles = params.list("role");
+    let (filter, value) = match whose {
+        Whose::Id(id) => ("c.id = $1", id),
+        // Polar keeps external ids unique among live customers; while events
+        // are still arriving two may briefly share one, so pick deterministically.
+        Whose::External(external_id) => ("c.external_id = $1", external_id),
+    };
+    let customer: Option<String> = sqlx::query_scalar(&format!(
+        "select c.id from projection.customers c
+         where {filter} and c.deleted_at is null order by c.id limit 1"
+    ))
+    .bind(value)
+    .fetch_optional(&state.pool)
+    .await?;
+    let customer = customer.ok_or(ApiError::NotFound)?;
+    List {
+        from: "projection.members m",
+        item: "m.snapshot",
+        key: "m.id",
+        filter: "
+        where m.deleted_at is null and m.customer_id = any($1)
+          and ($2::text[] is null or m.role = any($2))",
+        order,
+        args: vec![Arg::Texts(Some(vec![customer])), Arg::Texts(roles)],
+    }
+    .page(&state.pool, page)
+    .await
+}
+
+pub async fn get_one(
+    State(state): State<ApiState>,
+    Path((customer_id, member_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let text: Option<String> = sqlx::query_scalar(
+        "select m.snapshot::text from projection.members m
+         join projection.customers c on c.id = m.customer_id and c.deleted_at is null
+         where m.id = $2 and m.customer_id = $1 and m.deleted_at is null",
+    )
+    .bind(&customer_id)
+    .bind(&member_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    text.map(json_text).ok_or(ApiError::NotFound)
 }

@@ -79,6 +79,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/subscriptions", get(subscriptions::list))
         .route("/v1/benefit-grants/", get(benefit_grants::list))
         .route("/v1/benefit-grants", get(benefit_grants::list))
+        .route("/v1/customers/{id}/members", get(members::of_customer))
+        .route(
+            "/v1/customers/{id}/members/{member_id}",
+            get(members::get_one),
+        )
+        .route(
+            "/v1/customers/external/{external_id}/members",
+            get(members::of_external_customer),
+        )
         .route("/v1/members/", get(members::list))
         .route("/v1/members", get(members::list))
         .route("/v1/customer-meters/", get(customer_meters::list))

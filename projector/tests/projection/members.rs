@@ -166,6 +166,25 @@ async fn every_entitlement_polarsim_expects_is_answered_by_external_id(pool: PgP
                 .collect()
         };
         assert_eq!(listed, want, "members of {id}");
+        // The same through the routes polar-sdk 1.0.2 calls.
+        let (status, page) = get(&pool, &format!("/v1/customers/{id}/members?limit=100")).await;
+        if c["deleted"] == json!(true) {
+            assert_eq!(status, 404, "members of deleted {id}");
+        } else {
+            assert_eq!(status, 200);
+            let listed: BTreeSet<&str> = page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap())
+                .collect();
+            assert_eq!(listed, want, "/v1/customers/{id}/members");
+            if let Some(member) = want.iter().next() {
+                let (status, one) =
+                    get(&pool, &format!("/v1/customers/{id}/members/{member}")).await;
+                assert_eq!((status, one["id"].as_str()), (200, Some(*member)));
+            }
+        }
         // And each live member's granted grants, by the grants list's filter.
         for m in c["members"].as_array().unwrap() {
             if m["deleted"] == json!(true) || c["deleted"] == json!(true) {
@@ -454,6 +473,13 @@ async fn a_deleted_member_loses_access_at_once_and_leaves_the_list(pool: PgPool)
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["mem_owner"]);
+    let (_, owners) = get(&pool, "/v1/customers/external/acme/members?role=owner").await;
+    assert_eq!(owners["items"][0]["id"], json!("mem_owner"), "{owners}");
+    assert_eq!(
+        get(&pool, "/v1/customers/cus_team/members/mem_ada").await.0,
+        404,
+        "a deleted member"
+    );
     // Deleting the customer removes its members from every answer.
     let mut team_gone = t.team.clone();
     team_gone["modified_at"] = json!(ts(s.tick(10)));

@@ -15,7 +15,7 @@ use hookstream_projector::rebuild::progress::{ProgressMode, ProgressReport};
 use hookstream_projector::rebuild::replay::{ReplayOptions, ReplaySource, replay};
 use hookstream_projector::rebuild::verify::{self as drift, VerifyOptions};
 use hookstream_tests::{
-    check_entitlements, generate, polarsim_command, polarsim_verify, read_events,
+    check_entitlements, generate, polarsim_command, polarsim_verify, read_events, sdk_members_check,
 };
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
@@ -188,6 +188,9 @@ async fn a_polarsim_stream_with_duplicates_and_reordering_ends_in_the_true_state
         wrong.len(),
         wrong.join("\n")
     );
+    // And the members of every customer, through Polar's own SDK.
+    let (members_match, report) = sdk_members_check(&dir, &api_url, TOKEN).await.unwrap();
+    assert!(members_match, "members through polar-sdk:\n{report}");
 
     // Nothing was refused as unappliable.
     let failures: i64 = sqlx::query_scalar("select count(*) from projection.apply_failures")

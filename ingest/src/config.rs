@@ -145,10 +145,11 @@ impl ReconcileSchedule {
     /// `None` unless `INGEST_RECONCILE_INTERVAL` turns it on; then the Polar
     /// settings are required.
     pub fn from_settings(settings: &Settings) -> Result<Option<Self>, ConfigError> {
-        let Some(interval) = duration_setting(settings, "INGEST_RECONCILE_INTERVAL")? else {
+        let Some(interval) = settings.duration("INGEST_RECONCILE_INTERVAL")? else {
             return Ok(None);
         };
-        let endpoint_check = duration_setting(settings, "INGEST_ENDPOINT_CHECK_INTERVAL")?
+        let endpoint_check = settings
+            .duration("INGEST_ENDPOINT_CHECK_INTERVAL")?
             .unwrap_or(Duration::from_secs(60));
         Ok(Some(Self {
             interval,
@@ -160,36 +161,6 @@ impl ReconcileSchedule {
 
 /// A duration written as seconds (`900`) or with a unit (`90s`, `30m`,
 /// `6h`, `1d`); unset, `0` and `off` are `None`.
-fn duration_setting(settings: &Settings, name: &str) -> Result<Option<Duration>, ConfigError> {
-    let Some(text) = settings.get(name)? else {
-        return Ok(None);
-    };
-    let text = text.trim();
-    if text == "0" || text.eq_ignore_ascii_case("off") {
-        return Ok(None);
-    }
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let seconds_per_unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => 0,
-    };
-    match number.parse::<u64>() {
-        Ok(n) if n > 0 && seconds_per_unit > 0 => Ok(Some(Duration::from_secs(
-            n.saturating_mul(seconds_per_unit),
-        ))),
-        _ => Err(ConfigError::new(
-            name,
-            "must be a duration such as 900, 90s, 30m, 6h or 1d (or off)",
-        )),
-    }
-}
-
 /// One webhook source.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {

@@ -164,6 +164,38 @@ impl Settings {
         Ok(Duration::from_secs(self.parse_or(name, default_s)?))
     }
 
+    /// A duration as seconds or with a unit (`900`, `90s`, `30m`, `6h`, `7d`);
+    /// `None` when unset, `0` or `off`.
+    pub fn duration(&self, name: &str) -> Result<Option<Duration>, ConfigError> {
+        let Some(text) = self.get(name)? else {
+            return Ok(None);
+        };
+        let text = text.trim();
+        if text == "0" || text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+            Some(at) => text.split_at(at),
+            None => (text, "s"),
+        };
+        let seconds_per_unit = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => 0,
+        };
+        match number.parse::<u64>() {
+            Ok(n) if n > 0 && seconds_per_unit > 0 => Ok(Some(Duration::from_secs(
+                n.saturating_mul(seconds_per_unit),
+            ))),
+            _ => Err(ConfigError::new(
+                name,
+                "must be a duration such as 900, 90s, 30m, 6h or 1d (or off)",
+            )),
+        }
+    }
+
     /// A comma-separated list; blanks around items are trimmed, empty items dropped.
     pub fn list(&self, name: &str) -> Result<Vec<String>, ConfigError> {
         Ok(self

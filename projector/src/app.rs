@@ -17,6 +17,7 @@ use crate::api::{self, ApiShared, ApiState, EntitlementCache};
 use crate::changes::CHANGES_CHANNEL;
 use crate::config::ProjectorConfig;
 use crate::consumer;
+use crate::feed;
 use crate::metrics::ProjectorMetrics;
 use crate::projection::generation;
 
@@ -118,6 +119,10 @@ impl Application {
         });
 
         let invalidation = tokio::spawn(keep_cache_in_step(pool.clone(), state.cache.clone()));
+        let pruning = config
+            .consumer
+            .changes_retention
+            .map(|retention| tokio::spawn(prune_changes(pool.clone(), retention)));
         tracing::info!(%address, topic = %config.kafka.topic, group = %config.consumer.group_id, "projector serving");
         let stop_serving = CancellationToken::new();
         let server = axum::serve(no_delay(listener), api::router(state))
@@ -134,6 +139,9 @@ impl Application {
             .context("read API failed")?;
         consumer_stop.cancel();
         invalidation.abort();
+        if let Some(pruning) = pruning {
+            pruning.abort();
+        }
         let consumer_ok = consumer_join.await.context("consumer join")?;
         if owns_pool {
             pool.close().await;
@@ -142,6 +150,20 @@ impl Application {
         anyhow::ensure!(!consumer_died, "the consumer stopped on its own");
         tracing::info!("projector stopped");
         Ok(())
+    }
+}
+
+/// Deletes changes past the feed's retention, once a minute. Every replica
+/// does; the deletes are idempotent.
+async fn prune_changes(pool: PgPool, retention: Duration) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        match feed::prune(&pool, retention).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "pruned the change feed"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the change feed"),
+        }
     }
 }
 

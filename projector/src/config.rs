@@ -51,6 +51,9 @@ pub struct ConsumerSettings {
     /// `PROJECTOR_SESSION_TIMEOUT_MS` (10000): how soon the group notices a
     /// projector that died, and hands its partitions to the others.
     pub session_timeout: Duration,
+    /// `PROJECTOR_CHANGES_RETENTION` (`7d`): how long the change feed keeps
+    /// a change (`90s`, `30m`, `6h`, `7d`); `off` does not write the feed.
+    pub changes_retention: Option<Duration>,
 }
 
 impl ProjectorConfig {
@@ -117,6 +120,10 @@ impl ConsumerSettings {
             batch_size: settings.positive_or("PROJECTOR_BATCH_SIZE", 20_000)?,
             batch_wait: settings.millis_or("PROJECTOR_BATCH_WAIT_MS", 0)?,
             session_timeout,
+            changes_retention: match settings.get("PROJECTOR_CHANGES_RETENTION")? {
+                None => Some(Duration::from_secs(7 * 86_400)),
+                Some(_) => settings.duration("PROJECTOR_CHANGES_RETENTION")?,
+            },
         })
     }
 }

@@ -46,11 +46,11 @@ use tokio_util::sync::CancellationToken;
 
 use hookstream_shared::kafka::{KafkaSettings, header};
 
-use crate::changes;
 use crate::config::ConsumerSettings;
 use crate::metrics::ProjectorMetrics;
 use crate::projection::from_log::{self, Target};
 use crate::projection::{self, IncomingEvent, generation};
+use crate::{changes, feed};
 
 /// Where each assigned partition stands.
 type Positions = HashMap<i32, Position>;
@@ -133,6 +133,8 @@ struct ProjectorContext {
     backfill_needed: AtomicBool,
     metrics: ProjectorMetrics,
     stop: CancellationToken,
+    /// Whether batches write the change feed (`PROJECTOR_CHANGES_RETENTION`).
+    feed: bool,
 }
 
 impl ClientContext for ProjectorContext {
@@ -373,6 +375,7 @@ pub fn spawn(
         backfill_needed: AtomicBool::new(false),
         metrics,
         stop: stop.clone(),
+        feed: settings.changes_retention.is_some(),
     };
     let mut config = kafka.client_config()?;
     // How long the broker may hold a fetch that finds nothing new. A broker
@@ -637,6 +640,10 @@ impl ConsumeLoop {
                 outcome.changed_external_ids.iter().map(String::as_str),
             );
             changes::notify(&mut tx, &notifications).await?;
+            if context.feed {
+                // Last before the offsets: the feed's lock is held to commit.
+                feed::record(&mut tx, &generation, &outcome.customer_changes).await?;
+            }
             let offsets: Vec<i64> = partitions.iter().map(|p| next_offsets[p]).collect();
             let firsts: Vec<i64> = partitions.iter().map(|p| first_offsets[p]).collect();
             let counts: Vec<i64> = partitions.iter().map(|p| applied_counts[p]).collect();
@@ -706,9 +713,14 @@ impl ConsumeLoop {
                 },
             )
             .await?;
-            // Many customers may have changed: read caches start over.
-            let mut connection = context.pool.acquire().await?;
-            changes::notify(&mut connection, &[changes::CLEAR_ALL.to_owned()]).await?;
+            // Many customers may have changed: read caches start over, and
+            // feed readers re-read what they care about.
+            let mut tx = context.pool.begin().await?;
+            changes::notify(&mut tx, &[changes::CLEAR_ALL.to_owned()]).await?;
+            if context.feed {
+                feed::record_resync(&mut tx, "backfill").await?;
+            }
+            tx.commit().await?;
             Ok::<i64, anyhow::Error>(last)
         })?;
         tracing::info!(

@@ -13,6 +13,7 @@ pub mod app;
 pub mod changes;
 pub mod config;
 pub mod consumer;
+pub mod feed;
 pub mod metrics;
 pub mod projection;
 pub mod rebuild;

@@ -15,6 +15,9 @@ pub enum ApiError {
     NotFound,
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// The change feed no longer holds what was asked for (410).
+    #[error("gone: {0}")]
+    Gone(String),
     /// A known path asked with a method it does not answer.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -56,6 +59,11 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 Json(json!({"error": "Unauthorized", "detail": "Missing or invalid bearer token"})),
+            )
+                .into_response(),
+            Self::Gone(detail) => (
+                StatusCode::GONE,
+                Json(json!({"error": "CursorExpired", "detail": detail})),
             )
                 .into_response(),
             Self::MethodNotAllowed => (

@@ -7,6 +7,7 @@
 //! without being parsed here.
 
 mod benefit_grants;
+mod changes_feed;
 mod customer_meters;
 mod customers;
 pub mod entitlement_cache;
@@ -93,6 +94,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/customer-meters/", get(customer_meters::list))
         .route("/v1/customer-meters", get(customer_meters::list))
         .route("/v1/entitlements/check", get(entitlements::check))
+        .route("/v1/changes", get(changes_feed::list))
         .route_layer(middleware::from_fn(refuse_nul))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -86,6 +86,11 @@ fn merge(total: &mut BatchOutcome, outcome: BatchOutcome) {
     total
         .changed_external_ids
         .extend(outcome.changed_external_ids);
+    for (customer, change) in outcome.customer_changes {
+        let into = total.customer_changes.entry(customer).or_default();
+        into.tables.extend(change.tables);
+        into.members.extend(change.members);
+    }
 }
 
 /// Data exceptions (class 22) and integrity violations (class 23) come from

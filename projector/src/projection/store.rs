@@ -33,6 +33,18 @@ pub struct BatchOutcome {
     pub changed_customers: BTreeSet<String>,
     /// External ids named by the customer and member snapshots the batch wrote.
     pub changed_external_ids: BTreeSet<String>,
+    /// Per customer with a known id, what the batch wrote about it (for the
+    /// change feed).
+    pub customer_changes: BTreeMap<String, CustomerChange>,
+}
+
+/// What one batch wrote about one customer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CustomerChange {
+    /// The tables written (`state` for a `customer.state_changed`).
+    pub tables: BTreeSet<&'static str>,
+    /// Members the rows were about.
+    pub members: BTreeSet<String>,
 }
 
 impl BatchOutcome {
@@ -254,7 +266,14 @@ impl<'a> Reduction<'a> {
             .bind(&rows.unattributed_seats)
             .fetch_all(&mut *tx)
             .await?;
-            outcome.changed_customers.extend(customers);
+            for customer in customers {
+                let change = outcome
+                    .customer_changes
+                    .entry(customer.clone())
+                    .or_default();
+                change.tables.insert(Table::CustomerSeats.name());
+                outcome.changed_customers.insert(customer);
+            }
         }
         if !recompute.is_empty() {
             let customers: Vec<&str> = recompute.iter().map(String::as_str).collect();
@@ -314,6 +333,13 @@ impl<'a> Reduction<'a> {
         let mut recompute: BTreeSet<String> = states.keys().cloned().collect();
         outcome.changed_customers = recompute.clone();
         let mut unattributed_seats = Vec::new();
+        for customer in states.keys() {
+            let change = outcome
+                .customer_changes
+                .entry(customer.clone())
+                .or_default();
+            change.tables.insert("state");
+        }
         for ((table, id), change) in &objects {
             let touch = (table.spec().touches)(id, &change.columns);
             if touch.look_up {
@@ -322,6 +348,14 @@ impl<'a> Reduction<'a> {
             if let Some(customer) = touch.customer {
                 if touch.recompute {
                     recompute.insert(customer.clone());
+                }
+                if *table != Table::SeatHolders {
+                    let change = outcome
+                        .customer_changes
+                        .entry(customer.clone())
+                        .or_default();
+                    change.tables.insert(table.name());
+                    change.members.extend(touch.member);
                 }
                 outcome.changed_customers.insert(customer);
             }

@@ -24,10 +24,10 @@ use hookstream_shared::kafka::KafkaSettings;
 use super::from_kafka::KafkaReplay;
 use super::progress::ProgressReport;
 use super::{GenerationFill, RebuildLock, drop_abandoned, fill_from_log, log_size};
-use crate::changes;
 use crate::projection::from_log::{LogCursor, log_head};
 use crate::projection::generation::{self, Generation};
 use crate::projection::{self, BatchOutcome};
+use crate::{changes, feed};
 
 /// Where a replay reads events from.
 #[derive(Debug, Clone)]
@@ -263,5 +263,8 @@ async fn switch(
 ) -> anyhow::Result<Option<Generation>> {
     let previous = generation::activate(tx, generation).await?;
     changes::notify(tx, &[changes::CLEAR_ALL.to_owned()]).await?;
+    // Old changes are not replayed into the feed; readers are told to
+    // re-read instead.
+    feed::record_resync(tx, "generation_switch").await?;
     Ok(previous)
 }

@@ -639,6 +639,145 @@ async fn waiting_reads_answer_when_the_change_commits_or_at_their_timeout(pool: 
     task.await.unwrap().unwrap();
 }
 
+/// DESIGN's feed contract: a polarsim stream with duplicates, in shuffled
+/// order, read through `GET /v1/changes` with a stored cursor while the
+/// projector is restarted midway: cursors only grow, none repeats, and each
+/// customer's last change carries the true final entitlements.
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn the_change_feed_read_with_a_stored_cursor_ends_in_the_true_entitlements(pool: PgPool) {
+    use std::collections::BTreeMap;
+
+    use crate::order_independence::expected;
+    let topic = topic();
+    let events = polarsim_stream();
+    let truth = expected(11, 40);
+    // Shuffled, with every fifth event twice: a fixed pseudo-random order.
+    let mut order: Vec<&IncomingEvent> = events.iter().chain(events.iter().step_by(5)).collect();
+    let mut state = 0x2545_f491_u64;
+    for i in (1..order.len()).rev() {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        order.swap(i, (state >> 33) as usize % (i + 1));
+    }
+    let order: Vec<IncomingEvent> = order.into_iter().cloned().collect();
+    let (first_half, second_half) = order.split_at(order.len() / 2);
+
+    hookstream_shared::tls::use_ring_provider();
+    let client = reqwest::Client::new();
+    let mut cursor = 0i64;
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let read_all = async |api: &str, cursor: &mut i64, seen: &mut Vec<serde_json::Value>| loop {
+        let page: serde_json::Value = client
+            .get(format!("{api}/v1/changes?after={cursor}&limit=37"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = page["items"].as_array().unwrap().clone();
+        for item in &items {
+            let at = item["cursor"].as_i64().unwrap();
+            assert!(
+                at > *cursor,
+                "cursor {at} after {cursor}: repeated or out of order"
+            );
+            *cursor = at;
+        }
+        assert_eq!(page["next_cursor"].as_i64(), Some(*cursor));
+        if items.is_empty() {
+            return;
+        }
+        seen.extend(items);
+    };
+    for half in [first_half, second_half] {
+        publish(&topic, half).await;
+        let app = Application::build_with_pool(config(&topic, &[]), pool.clone())
+            .await
+            .unwrap();
+        let api = format!("http://{}", app.address());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        let published = if std::ptr::eq(half, first_half) {
+            first_half.len()
+        } else {
+            order.len()
+        };
+        wait_consumed(&pool, &topic.name, published, Duration::from_secs(60)).await;
+        read_all(&api, &mut cursor, &mut seen).await;
+        // The projector goes away; the reader keeps its cursor.
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    let mut last: BTreeMap<&str, &serde_json::Value> = BTreeMap::new();
+    for item in &seen {
+        assert_eq!(item["kind"], "customer", "{item}");
+        last.insert(item["customer_id"].as_str().unwrap(), item);
+    }
+    let mut compared = 0;
+    for customer in truth["customers"].as_object().unwrap().values() {
+        if customer["deleted"] == true {
+            continue;
+        }
+        let id = customer["customer_id"].as_str().unwrap();
+        let item = last.get(id).unwrap_or_else(|| panic!("no change for {id}"));
+        let mut want: Vec<&str> = customer["granted_benefit_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_str().unwrap())
+            .collect();
+        want.sort();
+        let got: Vec<&str> = item["granted_benefit_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "benefits of {id}: {item}");
+        let mut want: Vec<&str> = customer["active_subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        want.sort();
+        let mut got: Vec<&str> = item["active_subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "subscriptions of {id}: {item}");
+        compared += 1;
+    }
+    assert!(compared > 30, "{compared} customers compared");
+
+    // Retention: once changes are pruned, a cursor before them is refused.
+    let pruned = hookstream_projector::feed::prune(&pool, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(pruned as usize, seen.len());
+    let gone = hookstream_projector::feed::read(&pool, 0, 10).await;
+    assert!(
+        matches!(
+            gone,
+            Err(hookstream_projector::feed::ReadError::Gone { .. })
+        ),
+        "{gone:?}"
+    );
+    assert!(
+        hookstream_projector::feed::read(&pool, cursor, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// Runs a projector over `before`, has `query` answered granted from its
 /// cache, then publishes `change` and expects the answer to turn false
 /// within moments of the batch's commit.

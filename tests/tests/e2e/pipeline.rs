@@ -208,11 +208,25 @@ async fn a_polarsim_stream_with_duplicates_and_reordering_ends_in_the_true_state
         chunk: 1000,
         memory_budget: hookstream_projector::rebuild::DEFAULT_MEMORY_BUDGET,
     };
+    let feed_count = || async {
+        let counts: (i64, i64) = sqlx::query_as(
+            "select count(*) filter (where kind = 'customer'), count(*) filter (where kind = 'resync')
+             from projection_changes",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        counts
+    };
+    let (changes_before, resyncs_before) = feed_count().await;
+    assert!(changes_before > 0, "the consumer wrote the change feed");
     let mut progress = ProgressReport::new(ProgressMode::Quiet, "e2e");
     let summary = replay(&pool, &options, &CancellationToken::new(), &mut progress)
         .await
         .unwrap();
     assert_eq!(summary.previous.as_ref(), Some(&consumed));
+    // A replay replays nothing into the feed: one resync marker says re-read.
+    assert_eq!(feed_count().await, (changes_before, resyncs_before + 1));
     let live_dump = dump::dump(&mut pool.acquire().await.unwrap(), &consumed)
         .await
         .unwrap();

@@ -38,6 +38,7 @@ fn touches(_: &str, columns: &[Column<'_>]) -> Touch {
     Touch {
         customer: text_at(columns, 0),
         external_id: None,
+        member: text_at(columns, 7),
         recompute: true,
         look_up: false,
     }

@@ -37,8 +37,7 @@ fn touches(id: &str, columns: &[Column<'_>]) -> Touch {
         customer: Some(id.to_owned()),
         external_id: text_at(columns, 0),
         // A customer row alone does not change who holds what.
-        recompute: false,
-        look_up: false,
+        ..Touch::default()
     }
 }
 

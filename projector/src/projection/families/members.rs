@@ -39,10 +39,11 @@ pub const TABLE: TableSpec = TableSpec {
     touches,
 };
 
-fn touches(_: &str, columns: &[Column<'_>]) -> Touch {
+fn touches(id: &str, columns: &[Column<'_>]) -> Touch {
     Touch {
         customer: text_at(columns, 0),
         external_id: text_at(columns, 1),
+        member: Some(id.to_owned()),
         recompute: false,
         look_up: false,
     }

@@ -149,6 +149,8 @@ pub struct Touch {
     pub customer: Option<String>,
     /// An external id whose answers may change.
     pub external_id: Option<String>,
+    /// The member the row is about, if any.
+    pub member: Option<String>,
     /// Whether the customer's effective subscriptions and grants must be
     /// recomputed (only rows those views read).
     pub recompute: bool,

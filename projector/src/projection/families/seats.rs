@@ -45,14 +45,15 @@ pub const HOLDERS: TableSpec = TableSpec {
     touches,
 };
 
-/// Both tables keep the customer first; a revoked seat has none.
+/// Both tables keep the customer first (a revoked seat has none); the
+/// member is a seat's fifth column, a holder's second.
 fn touches(_: &str, columns: &[Column<'_>]) -> Touch {
     let customer = text_at(columns, 0);
     Touch {
         look_up: customer.is_none(),
         customer,
-        external_id: None,
-        recompute: false,
+        member: text_at(columns, if columns.len() == 2 { 1 } else { 4 }),
+        ..Touch::default()
     }
 }
 

@@ -32,9 +32,8 @@ pub const TABLE: TableSpec = TableSpec {
 fn touches(_: &str, columns: &[Column<'_>]) -> Touch {
     Touch {
         customer: text_at(columns, 0),
-        external_id: None,
         recompute: true,
-        look_up: false,
+        ..Touch::default()
     }
 }
 

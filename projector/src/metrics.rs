@@ -102,6 +102,8 @@ pub struct ProjectorMetrics {
     pub cache_misses: IntCounter,
     /// Entitlement checks waiting for their answer to change (`wait_for`).
     pub waiters: IntGauge,
+    /// Open change-feed streams (`/v1/changes/stream`).
+    pub sse_clients: IntGauge,
 }
 
 impl ProjectorMetrics {
@@ -194,9 +196,15 @@ impl ProjectorMetrics {
             "Entitlement checks waiting for their answer to change (wait_for)",
         )
         .expect("metric");
+        let sse_clients = IntGauge::new(
+            "change_stream_clients",
+            "Open change-feed streams (/v1/changes/stream)",
+        )
+        .expect("metric");
         for collector in [
             Box::new(cache_hits.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(waiters.clone()),
+            Box::new(sse_clients.clone()),
             Box::new(cache_misses.clone()),
             Box::new(offset_gaps.clone()),
             Box::new(backfills.clone()),
@@ -232,6 +240,7 @@ impl ProjectorMetrics {
             cache_hits,
             cache_misses,
             waiters,
+            sse_clients,
             offset_gaps,
             backfills,
         }

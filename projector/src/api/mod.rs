@@ -95,6 +95,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/customer-meters", get(customer_meters::list))
         .route("/v1/entitlements/check", get(entitlements::check))
         .route("/v1/changes", get(changes_feed::list))
+        .route("/v1/changes/stream", get(changes_feed::stream))
         .route_layer(middleware::from_fn(refuse_nul))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -26,6 +26,8 @@ pub struct Waiters {
     /// Woken by every notification that cannot be matched to keys (a
     /// clear-all, a listener reconnect).
     everyone: Arc<Notify>,
+    /// Woken by every notification at all: change-feed streams wait on it.
+    any: Notify,
 }
 
 impl Waiters {
@@ -50,6 +52,7 @@ impl Waiters {
 
     /// Wakes the waiters of every key a notification payload names.
     pub fn wake(&self, payload: &str) {
+        self.any.notify_waiters();
         if payload == CLEAR_ALL {
             self.wake_everyone();
             return;
@@ -62,7 +65,15 @@ impl Waiters {
         }
     }
 
+    /// Resolves at the next notification of any change. Armed at once.
+    pub fn any_change(&self) -> impl Future<Output = ()> + '_ {
+        let mut notified = Box::pin(self.any.notified());
+        notified.as_mut().enable();
+        notified
+    }
+
     pub fn wake_everyone(&self) {
+        self.any.notify_waiters();
         self.everyone.notify_waiters();
         for (notify, _) in self.keys.lock().expect("waiters lock").values() {
             notify.notify_waiters();

@@ -778,6 +778,114 @@ async fn the_change_feed_read_with_a_stored_cursor_ends_in_the_true_entitlements
     );
 }
 
+/// Server-sent events of the feed: a client that drops its connection and
+/// comes back with `Last-Event-ID` gets every change after it, with no gap
+/// and no repeat, including changes committed while it was away and after.
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn the_change_stream_resumes_after_its_last_event_id_without_gap_or_repeat(pool: PgPool) {
+    use crate::helpers::{Stream, benefit, customer, grant};
+    let topic = topic();
+    let s = Stream::new();
+    let b = benefit("ben", s.now());
+    // Each customer event is its own change (one batch per event at this pace).
+    let batch = |from: usize, to: usize| -> Vec<IncomingEvent> {
+        (from..to)
+            .map(|i| {
+                let c = customer(
+                    &format!("cus_{i}"),
+                    Some(&format!("usr_{i}")),
+                    s.now(),
+                    None,
+                );
+                s.event(
+                    "benefit_grant.created",
+                    grant(&format!("g_{i}"), &c, &b, None, true, s.tick(1), None),
+                )
+            })
+            .collect()
+    };
+    publish(&topic, &batch(0, 10)).await;
+    let app = Application::build_with_pool(config(&topic, &[]), pool.clone())
+        .await
+        .unwrap();
+    let api = format!("http://{}", app.address());
+    let metrics = app.metrics();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    wait_consumed(&pool, &topic.name, 10, Duration::from_secs(30)).await;
+
+    hookstream_shared::tls::use_ring_provider();
+    let client = reqwest::Client::new();
+    // Reads events until `count` ids have come (heartbeats are comments).
+    let read_ids = async |last: Option<i64>, count: usize| -> Vec<i64> {
+        let mut request = client
+            .get(format!("{api}/v1/changes/stream"))
+            .bearer_auth(TOKEN);
+        if let Some(last) = last {
+            request = request.header("last-event-id", last.to_string());
+        }
+        let mut response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut text = String::new();
+        let mut ids = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ids.len() < count {
+            let chunk = tokio::time::timeout_at(deadline.into(), response.chunk())
+                .await
+                .expect("events in time")
+                .unwrap()
+                .expect("the stream stays open");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                if let Some(id) = block.lines().find_map(|l| l.strip_prefix("id: ")) {
+                    ids.push(id.trim().parse::<i64>().unwrap());
+                }
+            }
+        }
+        ids.truncate(count);
+        ids // dropping the response closes the connection
+    };
+    let first = read_ids(None, 4).await;
+    // Away: more changes commit before it comes back, and more after.
+    publish(&topic, &batch(10, 16)).await;
+    wait_consumed(&pool, &topic.name, 16, Duration::from_secs(30)).await;
+    // Each of the 20 customers changes once: 20 changes in all.
+    let later = batch(16, 20);
+    let (resumed, ()) = tokio::join!(read_ids(first.last().copied(), 20 - first.len()), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        publish(&topic, &later).await;
+        wait_consumed(&pool, &topic.name, 20, Duration::from_secs(30)).await;
+    });
+    let all: Vec<i64> = sqlx::query_scalar("select cursor from projection_changes order by cursor")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let mut got = first.clone();
+    got.extend(&resumed);
+    assert_eq!(got, all, "no gap, no repeat");
+    assert!(all.len() >= 20, "{} changes", all.len());
+    let (status, _) = {
+        let r = client
+            .get(format!("{api}/v1/changes/stream"))
+            .bearer_auth(TOKEN)
+            .header("last-event-id", "soon")
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), ())
+    };
+    assert_eq!(status, 422);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        metrics.sse_clients.get(),
+        0,
+        "closed streams are not counted"
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
 /// Runs a projector over `before`, has `query` answered granted from its
 /// cache, then publishes `change` and expects the answer to turn false
 /// within moments of the batch's commit.

@@ -16,13 +16,9 @@ use axum::http::HeaderMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use hookstream_shared::config::Secret;
-
-type HmacSha256 = Hmac<Sha256>;
 
 pub const HEADER_ID: &str = "webhook-id";
 pub const HEADER_TIMESTAMP: &str = "webhook-timestamp";
@@ -245,16 +241,7 @@ impl Verifier {
     }
 }
 
-/// The v1 signature of one message under one key.
-pub fn sign(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> [u8; 32] {
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.finalize().into_bytes().into()
-}
+pub use hookstream_shared::signing::sign;
 
 /// The `webhook-signature` header value a sender would put on a message,
 /// signed with the first key of the rule. For tests and the load generator.

@@ -22,5 +22,6 @@ pub mod http;
 pub mod kafka;
 pub mod progress;
 pub mod shutdown;
+pub mod signing;
 pub mod telemetry;
 pub mod tls;

@@ -17,9 +17,9 @@ use crate::api::{self, ApiShared, ApiState, EntitlementCache};
 use crate::changes::CHANGES_CHANNEL;
 use crate::config::ProjectorConfig;
 use crate::consumer;
-use crate::feed;
 use crate::metrics::ProjectorMetrics;
 use crate::projection::generation;
+use crate::{feed, push};
 
 /// A built, not yet running, projector.
 #[derive(Debug)]
@@ -119,6 +119,17 @@ impl Application {
         });
 
         let invalidation = tokio::spawn(keep_cache_in_step(pool.clone(), state.cache.clone()));
+        let push_stop = CancellationToken::new();
+        let pushing = config.push.clone().map(|settings| {
+            tokio::spawn(push::run(
+                pool.clone(),
+                (*pool.connect_options()).clone(),
+                settings,
+                state.cache.waiters().clone(),
+                state.metrics.clone(),
+                push_stop.clone(),
+            ))
+        });
         let pruning = config
             .consumer
             .changes_retention
@@ -141,6 +152,11 @@ impl Application {
         invalidation.abort();
         if let Some(pruning) = pruning {
             pruning.abort();
+        }
+        push_stop.cancel();
+        if let Some(pushing) = pushing {
+            // Stops between attempts; a change in flight is sent again next time.
+            let _ = pushing.await;
         }
         let consumer_ok = consumer_join.await.context("consumer join")?;
         if owns_pool {

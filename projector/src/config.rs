@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::push::PushSettings;
 use hookstream_shared::config::{ConfigError, Secret, Settings};
 use hookstream_shared::db::DatabaseSettings;
 use hookstream_shared::kafka::KafkaSettings;
@@ -30,6 +31,8 @@ pub struct ProjectorConfig {
     pub log: LogSettings,
     /// `SHUTDOWN_GRACE_SECS` (20).
     pub shutdown_grace: Duration,
+    /// Pushing the change feed to the app (`PROJECTOR_NOTIFY_URL`), if set.
+    pub push: Option<PushSettings>,
 }
 
 /// How the consumer batches.
@@ -99,6 +102,7 @@ impl ProjectorConfig {
             cache_ttl: settings.secs_or("PROJECTOR_CACHE_TTL_SECS", 60)?,
             log: LogSettings::from_settings(settings)?,
             shutdown_grace: settings.secs_or("SHUTDOWN_GRACE_SECS", 20)?,
+            push: PushSettings::from_settings(settings)?,
         })
     }
 }
@@ -155,6 +159,60 @@ mod tests {
         assert_eq!(c.api_tokens.len(), 2);
         assert_eq!(c.kafka.topic, "polar.events");
         assert!(!format!("{c:?}").contains("token-one"));
+    }
+
+    #[test]
+    fn push_is_off_by_default_and_its_settings_are_checked() {
+        assert!(with(&[]).unwrap().push.is_none());
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let c = with(&[
+            (
+                "PROJECTOR_NOTIFY_URL",
+                "https://app.example/hooks/hookstream",
+            ),
+            ("PROJECTOR_NOTIFY_SECRET", secret),
+        ])
+        .unwrap();
+        assert!(c.push.is_some());
+        assert!(
+            !format!("{c:?}").contains("MfKQ9r8"),
+            "the secret is not in Debug"
+        );
+        for (settings, named) in [
+            (
+                vec![("PROJECTOR_NOTIFY_URL", "https://app.example/h")],
+                "PROJECTOR_NOTIFY_SECRET",
+            ),
+            (
+                vec![
+                    ("PROJECTOR_NOTIFY_URL", "https://app.example/h"),
+                    ("PROJECTOR_NOTIFY_SECRET", "polar_whs_notbase64!"),
+                ],
+                "PROJECTOR_NOTIFY_SECRET",
+            ),
+            (
+                vec![
+                    ("PROJECTOR_NOTIFY_URL", "ftp://app.example/h"),
+                    ("PROJECTOR_NOTIFY_SECRET", secret),
+                ],
+                "PROJECTOR_NOTIFY_URL",
+            ),
+            (
+                vec![("PROJECTOR_CHANGES_RETENTION", "a week")],
+                "PROJECTOR_CHANGES_RETENTION",
+            ),
+        ] {
+            let err = with(&settings).unwrap_err();
+            assert_eq!(err.setting, named);
+            assert!(!err.to_string().contains("notbase64"), "{err}");
+        }
+        assert!(
+            with(&[("PROJECTOR_CHANGES_RETENTION", "off")])
+                .unwrap()
+                .consumer
+                .changes_retention
+                .is_none()
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod consumer;
 pub mod feed;
 pub mod metrics;
 pub mod projection;
+pub mod push;
 pub mod rebuild;
 
 pub use app::Application;

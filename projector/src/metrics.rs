@@ -104,6 +104,16 @@ pub struct ProjectorMetrics {
     pub waiters: IntGauge,
     /// Open change-feed streams (`/v1/changes/stream`).
     pub sse_clients: IntGauge,
+    /// Changes the app answered 2xx for (`PROJECTOR_NOTIFY_URL`).
+    pub pushed: IntCounter,
+    /// Failed push attempts (non-2xx, timeouts, refused connections).
+    pub push_failures: IntCounter,
+    /// 1 while a push is parked (the app keeps failing).
+    pub push_parked: IntGauge,
+    /// Changes in the feed not yet pushed, as of the page being delivered.
+    pub push_backlog: IntGauge,
+    /// Changes pruned before they could be pushed.
+    pub push_lost: IntCounter,
 }
 
 impl ProjectorMetrics {
@@ -201,10 +211,37 @@ impl ProjectorMetrics {
             "Open change-feed streams (/v1/changes/stream)",
         )
         .expect("metric");
+        let pushed = IntCounter::new("changes_pushed_total", "Changes the app answered 2xx for")
+            .expect("metric");
+        let push_failures = IntCounter::new(
+            "change_push_failures_total",
+            "Failed push attempts (non-2xx, timeouts, refused connections)",
+        )
+        .expect("metric");
+        let push_parked = IntGauge::new(
+            "change_push_parked",
+            "1 while the push is parked because the app keeps failing",
+        )
+        .expect("metric");
+        let push_backlog = IntGauge::new(
+            "change_push_backlog",
+            "Changes in the feed not yet pushed, as of the page being delivered",
+        )
+        .expect("metric");
+        let push_lost = IntCounter::new(
+            "change_push_lost_total",
+            "Changes pruned by retention before they could be pushed",
+        )
+        .expect("metric");
         for collector in [
             Box::new(cache_hits.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(waiters.clone()),
             Box::new(sse_clients.clone()),
+            Box::new(pushed.clone()),
+            Box::new(push_failures.clone()),
+            Box::new(push_parked.clone()),
+            Box::new(push_backlog.clone()),
+            Box::new(push_lost.clone()),
             Box::new(cache_misses.clone()),
             Box::new(offset_gaps.clone()),
             Box::new(backfills.clone()),
@@ -241,6 +278,11 @@ impl ProjectorMetrics {
             cache_misses,
             waiters,
             sse_clients,
+            pushed,
+            push_failures,
+            push_parked,
+            push_backlog,
+            push_lost,
             offset_gaps,
             backfills,
         }

@@ -886,6 +886,213 @@ async fn the_change_stream_resumes_after_its_last_event_id_without_gap_or_repeat
     task.await.unwrap().unwrap();
 }
 
+/// Push: every change reaches the app's endpoint, signed so the official
+/// `standardwebhooks` package verifies it, in cursor order, through an app
+/// that fails, times out and is down for a while, and across a `kill -9`
+/// of the projector mid-delivery.
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn every_change_is_pushed_signed_and_in_order_through_failures_and_a_kill(pool: PgPool) {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::helpers::{Stream, benefit, customer, grant};
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    /// The app: its first two answers are 500, the third comes too late,
+    /// the next three are 503 (down), the rest 200.
+    #[derive(Default)]
+    struct App {
+        attempts: AtomicUsize,
+        received: Mutex<Vec<(u16, serde_json::Value)>>,
+    }
+    async fn hook(
+        axum::extract::State(app): axum::extract::State<std::sync::Arc<App>>,
+        headers: axum::http::HeaderMap,
+        body: String,
+    ) -> axum::http::StatusCode {
+        let n = app.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        let status: u16 = match n {
+            1 | 2 => 500,
+            4..=6 => 503,
+            _ => 200,
+        };
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        // Recorded on arrival; the third is answered after the sender gave up.
+        app.received.lock().unwrap().push((
+            if n == 3 { 0 } else { status },
+            serde_json::json!({
+                "id": header("webhook-id"), "timestamp": header("webhook-timestamp"),
+                "signature": header("webhook-signature"), "body": body,
+            }),
+        ));
+        if n == 3 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        axum::http::StatusCode::from_u16(status).unwrap()
+    }
+    let app = std::sync::Arc::new(App::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let router = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(app.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let topic = topic();
+    let s = Stream::new();
+    let b = benefit("ben", s.now());
+    let batch = |from: usize, to: usize| -> Vec<IncomingEvent> {
+        (from..to)
+            .map(|i| {
+                let c = customer(
+                    &format!("cus_{i}"),
+                    Some(&format!("usr_{i}")),
+                    s.now(),
+                    None,
+                );
+                s.event(
+                    "benefit_grant.created",
+                    grant(&format!("g_{i}"), &c, &b, None, true, s.tick(1), None),
+                )
+            })
+            .collect()
+    };
+    let database: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let url = format!("{}/{database}", base.rsplit_once('/').unwrap().0);
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+            .env_clear()
+            .env("DATABASE_URL", &url)
+            .env("KAFKA_BROKERS", topic.kafka.bootstrap_servers())
+            .env("KAFKA_TOPIC", &topic.name)
+            .env("PROJECTOR_API_TOKENS", TOKEN)
+            .env("PROJECTOR_LISTEN", "127.0.0.1:0")
+            .env("PROJECTOR_SESSION_TIMEOUT_MS", "3000")
+            .env("PROJECTOR_NOTIFY_URL", &hook_url)
+            .env("PROJECTOR_NOTIFY_SECRET", SECRET)
+            .env("PROJECTOR_NOTIFY_TIMEOUT_MS", "500")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("projector binary starts")
+    };
+    let delivered = || {
+        app.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(status, _)| *status == 200)
+            .count()
+    };
+    let wait_for = async |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    publish(&topic, &batch(0, 8)).await;
+    let mut projector = spawn();
+    wait_for("some changes delivered", &|| delivered() >= 3).await;
+    projector.kill().unwrap(); // SIGKILL, in the middle of delivering
+    projector.wait().unwrap();
+    publish(&topic, &batch(8, 14)).await;
+    let mut projector = spawn();
+    wait_consumed(&pool, &topic.name, 14, Duration::from_secs(60)).await;
+    let cursors: Vec<i64> =
+        sqlx::query_scalar("select cursor from projection_changes order by cursor")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(cursors.len(), 14, "one change per customer");
+    let delivered_cursors = || -> std::collections::BTreeSet<i64> {
+        app.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, d)| {
+                d["id"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("change_")
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    wait_for("every change delivered", &|| {
+        cursors.iter().all(|c| delivered_cursors().contains(c))
+    })
+    .await;
+    projector.kill().unwrap();
+    projector.wait().unwrap();
+
+    let received = app.received.lock().unwrap().clone();
+    let statuses: Vec<u16> = received.iter().map(|(status, _)| *status).collect();
+    assert_eq!(
+        &statuses[..6],
+        &[500, 500, 0, 503, 503, 503],
+        "{statuses:?}"
+    );
+    // In order: each 200 is the next change, or one sent again (at least
+    // once: what was in flight at the kill, or answered too late).
+    let mut highest = 0i64;
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, delivery) in received.iter().filter(|(status, _)| *status == 200) {
+        let body: serde_json::Value =
+            serde_json::from_str(delivery["body"].as_str().unwrap()).unwrap();
+        let cursor = body["cursor"].as_i64().unwrap();
+        assert_eq!(delivery["id"], format!("change_{cursor}"));
+        assert!(
+            cursor > highest || seen.contains(&cursor),
+            "{cursor} after {highest}"
+        );
+        highest = highest.max(cursor);
+        seen.insert(cursor);
+    }
+    // Every signature, through Polar's own choice of library.
+    let file = std::env::temp_dir().join(format!("pushed-{}.json", uuid::Uuid::new_v4()));
+    let all: Vec<&serde_json::Value> = received.iter().map(|(_, d)| d).collect();
+    std::fs::write(&file, serde_json::to_string(&all).unwrap()).unwrap();
+    let verify = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import json, sys\n\
+             from standardwebhooks import Webhook\n\
+             wh = Webhook(sys.argv[2])\n\
+             ds = json.load(open(sys.argv[1]))\n\
+             for d in ds:\n\
+             \x20   wh.verify(d['body'], {'webhook-id': d['id'], 'webhook-timestamp': d['timestamp'], 'webhook-signature': d['signature']})\n\
+             print(len(ds))\n",
+        )
+        .arg(&file)
+        .arg(SECRET)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        verify.status.success(),
+        "standardwebhooks refused a signature: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&verify.stdout).trim(),
+        received.len().to_string()
+    );
+}
+
 /// Runs a projector over `before`, has `query` answered granted from its
 /// cache, then publishes `change` and expects the answer to turn false
 /// within moments of the batch's commit.

@@ -11,7 +11,7 @@ create table projection_changes (
     customer_id          text,
     external_id          text,
     member_ids           text[]      not null default '{}',
-    changed_at           timestamptz not null default now(),
+    changed_at           timestamptz not null default clock_timestamp(),
     changed              text[]      not null default '{}',
     granted_benefit_ids  text[]      not null default '{}',
     active_subscriptions jsonb       not null default '[]'

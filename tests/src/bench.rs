@@ -478,57 +478,83 @@ pub async fn publish_stream(
     topic: &str,
     events: &[crate::SimEvent],
 ) -> anyhow::Result<()> {
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "20")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
-    for (chunk_start, chunk) in (0..).step_by(20_000).zip(events.chunks(20_000)) {
-        let sends = chunk.iter().enumerate().map(|(i, event)| {
-            let seq = (chunk_start + i + 1).to_string();
-            let key = hookstream_shared::envelope::parse(event.body.as_bytes())
-                .ok()
-                .and_then(|e| e.partition_key)
-                .unwrap_or_else(|| event.webhook_id.clone());
-            let producer = &producer;
-            async move {
-                let headers = OwnedHeaders::new_with_capacity(4)
-                    .insert(Header {
-                        key: "webhook-id",
-                        value: Some(event.webhook_id.as_str()),
-                    })
-                    .insert(Header {
-                        key: "event-type",
-                        value: Some(event.event_type.as_str()),
-                    })
-                    .insert(Header {
-                        key: "source",
-                        value: Some("polar"),
-                    })
-                    .insert(Header {
-                        key: "seq",
-                        value: Some(seq.as_str()),
-                    });
-                producer
-                    .send(
-                        FutureRecord::to(topic)
-                            .key(&key)
-                            .payload(event.body.as_bytes())
-                            .headers(headers),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map_err(|(e, _)| anyhow::anyhow!("publish failed: {e}"))
-            }
-        });
-        for result in futures::future::join_all(sends).await {
-            result?;
-        }
+    StreamPublisher::new(bootstrap, 0)?
+        .publish(topic, events)
+        .await
+}
+
+/// One producer publishing a stream in parts, as ingest's relay would
+/// (see [`publish_stream`]), numbering events on from part to part.
+#[allow(missing_debug_implementations)] // the producer has no Debug
+pub struct StreamPublisher {
+    producer: rdkafka::producer::FutureProducer,
+    /// The `seq` of the last event published.
+    last_seq: usize,
+}
+
+impl StreamPublisher {
+    /// A producer whose first event gets `seq` `after_seq + 1`.
+    pub fn new(bootstrap: &str, after_seq: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            producer: rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "20")
+                .set("queue.buffering.max.messages", "1000000")
+                .create()?,
+            last_seq: after_seq,
+        })
     }
-    Ok(())
+
+    pub async fn publish(&mut self, topic: &str, events: &[crate::SimEvent]) -> anyhow::Result<()> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::FutureRecord;
+        for chunk in events.chunks(20_000) {
+            let first_seq = self.last_seq + 1;
+            self.last_seq += chunk.len();
+            let producer = &self.producer;
+            let sends = chunk.iter().enumerate().map(|(i, event)| {
+                let seq = (first_seq + i).to_string();
+                let key = hookstream_shared::envelope::parse(event.body.as_bytes())
+                    .ok()
+                    .and_then(|e| e.partition_key)
+                    .unwrap_or_else(|| event.webhook_id.clone());
+                async move {
+                    let headers = OwnedHeaders::new_with_capacity(4)
+                        .insert(Header {
+                            key: "webhook-id",
+                            value: Some(event.webhook_id.as_str()),
+                        })
+                        .insert(Header {
+                            key: "event-type",
+                            value: Some(event.event_type.as_str()),
+                        })
+                        .insert(Header {
+                            key: "source",
+                            value: Some("polar"),
+                        })
+                        .insert(Header {
+                            key: "seq",
+                            value: Some(seq.as_str()),
+                        });
+                    producer
+                        .send(
+                            FutureRecord::to(topic)
+                                .key(&key)
+                                .payload(event.body.as_bytes())
+                                .headers(headers),
+                            Duration::from_secs(30),
+                        )
+                        .await
+                        .map_err(|(e, _)| anyhow::anyhow!("publish failed: {e}"))
+                }
+            });
+            for result in futures::future::join_all(sends).await {
+                result?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Sums the next offsets the projector stored: the messages it has applied.

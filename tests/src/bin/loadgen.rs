@@ -61,10 +61,29 @@ enum Bench {
     /// `ingest reconcile` of a whole organization from polarsim's serve-api
     /// (no rate limit), with the time at Polar's 500 requests a minute.
     Reconcile(ReconcileArgs),
+    /// Waiting reads and change streams: many parked `wait_for=granted`
+    /// checks and SSE clients while grants are applied; memory per waiter
+    /// and the time from a grant's commit to its waiter's answer.
+    Waiters(WaitersArgs),
     /// Reliability: `kill -9` ingest and the projectors, crash Postgres and
     /// take the broker away at random moments under a retrying polarsim
     /// stream, then check nothing was lost or applied twice (RELIABILITY.md).
     Chaos(ChaosArgs),
+}
+
+#[derive(Args)]
+struct WaitersArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Parked `wait_for=granted` checks, one per customer and connection.
+    #[arg(long, default_value_t = 10_000)]
+    waiters: usize,
+    /// Open `/v1/changes/stream` clients.
+    #[arg(long, default_value_t = 100)]
+    streams: usize,
+    /// Grants published per second while they wait (0: all at once).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
 }
 
 #[derive(Args)]
@@ -227,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Replay(args) => replay(args).await,
         Bench::Reconcile(args) => reconcile(args).await,
         Bench::Chaos(args) => chaos(args).await,
+        Bench::Waiters(args) => waiters(args).await,
     }
 }
 
@@ -1391,5 +1411,246 @@ async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
         }
     );
     anyhow::ensure!(passed, "the chaos run found a problem");
+    Ok(())
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// A synthetic webhook: `data` as `event_type`, at `at`.
+fn synthetic(i: usize, event_type: &str, at: &str, data: serde_json::Value) -> SimEvent {
+    SimEvent {
+        webhook_id: format!("waiters-{event_type}-{i}"),
+        event_type: event_type.to_owned(),
+        body: serde_json::json!({
+            "type": event_type, "timestamp": at, "api_version": "2026-10", "data": data,
+        })
+        .to_string(),
+    }
+}
+
+async fn waiters(args: WaitersArgs) -> anyhow::Result<()> {
+    use hookstream_tests::bench::connect;
+    use http_body_util::BodyExt as _;
+    let n = args.waiters;
+    let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
+    let kafka = EmbeddedKafka::start(1)?;
+    kafka.create_topic("polar.events", 6)?;
+    let service = start_projector(
+        &args.common,
+        &database,
+        kafka.bootstrap_servers(),
+        "polar.events",
+        &[("PROJECTOR_CACHE_ENTRIES", "100000")],
+    )
+    .await?;
+    let authority = service.base_url.trim_start_matches("http://").to_owned();
+    let customer = |i: usize| {
+        serde_json::json!({
+            "id": format!("cus_{i}"), "created_at": "2026-01-01T00:00:00Z", "modified_at": null,
+            "metadata": {}, "external_id": format!("usr_{i}"), "email": format!("u{i}@example.com"),
+            "email_verified": false, "type": "individual", "name": null, "billing_name": null,
+            "billing_address": null, "tax_id": null, "locale": null, "organization_id": "org",
+            "default_payment_method_id": null, "deleted_at": null, "first_user_event_at": null,
+            "avatar_url": null,
+        })
+    };
+    let seed: Vec<SimEvent> = (0..n)
+        .map(|i| synthetic(i, "customer.created", "2026-01-01T00:00:00Z", customer(i)))
+        .collect();
+    hookstream_tests::bench::publish_stream(kafka.bootstrap_servers(), "polar.events", &seed)
+        .await?;
+    drain(&database, seed.len(), "seeding").await?;
+    let idle_kib = rss_kib(service.pid());
+
+    // The streams first, so the waiters' memory is measured on its own.
+    let stream_events = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut streams = Vec::new();
+    for _ in 0..args.streams {
+        let authority = authority.clone();
+        let counted = stream_events.clone();
+        streams.push(tokio::spawn(async move {
+            let mut sender = connect(&authority).await?;
+            let request = Request::get("/v1/changes/stream")
+                .header("host", &authority)
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Full::new(Bytes::new()))?;
+            let mut body = sender.send_request(request).await?.into_body();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame?.into_data() {
+                    let events = data.windows(4).filter(|w| w == b"id: ").count() as u64;
+                    counted.fetch_add(events, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let streams_kib = rss_kib(service.pid());
+
+    let mut parked = Vec::with_capacity(n);
+    for i in 0..n {
+        let authority = authority.clone();
+        parked.push(tokio::spawn(async move {
+            let mut sender = connect(&authority).await?;
+            let request = Request::get(format!(
+                "/v1/entitlements/check?external_customer_id=usr_{i}&benefit_id=ben&wait_for=granted&timeout_ms=30000"
+            ))
+            .header("host", &authority)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Full::new(Bytes::new()))?;
+            let response = sender.send_request(request).await?;
+            let body = response.into_body().collect().await?.to_bytes();
+            let answered = SystemTime::now();
+            let granted = body.windows(14).any(|w| w == b"\"granted\":true");
+            anyhow::Ok((i, answered, granted))
+        }));
+    }
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, text) = hookstream_tests::bench::get(&service.base_url, "/metrics", None).await?;
+        let text = String::from_utf8_lossy(&text);
+        if metric(&text, "hookstream_projector_entitlement_waiters ") >= n as f64 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the waiters never all parked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let parked_kib = rss_kib(service.pid());
+    println!(
+        "waiters: {n} parked checks and {} change streams on one projector",
+        args.streams
+    );
+    println!(
+        "memory: idle {idle_kib} KiB; +{} KiB for {} streams; +{} KiB for {n} waiters = {:.1} KiB per waiter (connection and request included)",
+        streams_kib.saturating_sub(idle_kib),
+        args.streams,
+        parked_kib.saturating_sub(streams_kib),
+        parked_kib.saturating_sub(streams_kib) as f64 / n as f64
+    );
+
+    // The grants, applied while they all wait.
+    let benefit = serde_json::json!({
+        "id": "ben", "created_at": "2026-01-01T00:00:00Z", "modified_at": null, "type": "feature_flag",
+        "description": "ben", "selectable": true, "deletable": true, "is_deleted": false,
+        "organization_id": "org", "metadata": {}, "visibility": "public", "properties": {},
+        "visibility_configurable": true,
+    });
+    let grants: Vec<SimEvent> = (0..n)
+        .map(|i| {
+            let data = serde_json::json!({
+                "created_at": "2026-01-02T00:00:00Z", "modified_at": null, "id": format!("g_{i}"),
+                "granted_at": "2026-01-02T00:00:00Z", "is_granted": true, "revoked_at": null,
+                "is_revoked": false, "subscription_id": null, "order_id": null,
+                "customer_id": format!("cus_{i}"), "member_id": null, "benefit_id": "ben",
+                "error": null, "customer": customer(i), "member": null, "benefit": benefit,
+                "properties": {}, "previous_properties": {},
+            });
+            synthetic(i, "benefit_grant.created", "2026-01-02T00:00:00Z", data)
+        })
+        .collect();
+    let mut publisher =
+        hookstream_tests::bench::StreamPublisher::new(kafka.bootstrap_servers(), seed.len())?;
+    let started = Instant::now();
+    if args.rate == 0 {
+        publisher.publish("polar.events", &grants).await?;
+    } else {
+        // A tenth of a second's grants at a time.
+        let chunk = (args.rate as usize / 10).max(1);
+        for (k, part) in grants.chunks(chunk).enumerate() {
+            let due = started + Duration::from_millis(100 * k as u64);
+            tokio::time::sleep_until(due.into()).await;
+            publisher.publish("polar.events", part).await?;
+        }
+    }
+    let mut answers = Vec::with_capacity(n);
+    for waiter in parked {
+        answers.push(waiter.await??);
+    }
+    let all_answered = started.elapsed();
+    // When each customer's grant committed: its change in the feed.
+    let pool = sqlx::PgPool::connect(&database.url).await?;
+    let committed: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "select customer_id, changed_at from projection_changes
+         where kind = 'customer' and 'benefit_grants' = any(changed)",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let committed: std::collections::HashMap<String, chrono::DateTime<chrono::Utc>> =
+        committed.into_iter().collect();
+    let mut latencies_ms: Vec<f64> = Vec::with_capacity(n);
+    let mut not_granted = 0;
+    for (i, answered, granted) in &answers {
+        if !granted {
+            not_granted += 1;
+            continue;
+        }
+        if let Some(at) = committed.get(&format!("cus_{i}")) {
+            let answered: chrono::DateTime<chrono::Utc> = (*answered).into();
+            latencies_ms.push((answered - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+    }
+    latencies_ms.sort_by(|a, b| a.total_cmp(b));
+    let quantile = |q: f64| {
+        latencies_ms
+            .get(((latencies_ms.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "answers: {} of {n} granted ({not_granted} not) {:.1} s after the first grant was published ({})",
+        latencies_ms.len(),
+        all_answered.as_secs_f64(),
+        if args.rate == 0 {
+            "all at once".to_owned()
+        } else {
+            format!("{}/s", args.rate)
+        }
+    );
+    println!(
+        "commit → answer: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} grants committed in the feed)",
+        quantile(0.5),
+        quantile(0.99),
+        quantile(1.0),
+        committed.len()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!(
+        "streams: {} change events received over {} streams ({:.0} each)",
+        stream_events.load(std::sync::atomic::Ordering::Relaxed),
+        args.streams,
+        stream_events.load(std::sync::atomic::Ordering::Relaxed) as f64 / args.streams as f64
+    );
+    for stream in streams {
+        stream.abort();
+    }
+    pool.close().await;
+    service.stop()?;
+    if !args.common.keep_database {
+        database.drop_now().await?;
+    }
+    anyhow::ensure!(
+        not_granted == 0,
+        "{not_granted} waiters were not answered granted"
+    );
     Ok(())
 }

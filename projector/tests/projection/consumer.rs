@@ -667,7 +667,13 @@ async fn the_change_feed_read_with_a_stored_cursor_ends_in_the_true_entitlements
     let client = reqwest::Client::new();
     let mut cursor = 0i64;
     let mut seen: Vec<serde_json::Value> = Vec::new();
-    let read_all = async |api: &str, cursor: &mut i64, seen: &mut Vec<serde_json::Value>| loop {
+    // What the read API showed for each change's customer right after the
+    // change was read: a change must never be in the feed before it is.
+    let mut shown: BTreeMap<i64, Option<Vec<String>>> = BTreeMap::new();
+    let read_all = async |api: &str,
+                          cursor: &mut i64,
+                          seen: &mut Vec<serde_json::Value>,
+                          shown: &mut BTreeMap<i64, Option<Vec<String>>>| loop {
         let page: serde_json::Value = client
             .get(format!("{api}/v1/changes?after={cursor}&limit=37"))
             .bearer_auth(TOKEN)
@@ -685,6 +691,30 @@ async fn the_change_feed_read_with_a_stored_cursor_ends_in_the_true_entitlements
                 "cursor {at} after {cursor}: repeated or out of order"
             );
             *cursor = at;
+            let state = client
+                .get(format!(
+                    "{api}/v1/customers/{}/state",
+                    item["customer_id"].as_str().unwrap()
+                ))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let benefits = if state.status() == 200 {
+                let state: serde_json::Value = state.json().await.unwrap();
+                let mut ids: Vec<String> = state["granted_benefits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|g| g["benefit_id"].as_str().unwrap().to_owned())
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                Some(ids)
+            } else {
+                None
+            };
+            shown.insert(at, benefits);
         }
         assert_eq!(page["next_cursor"].as_i64(), Some(*cursor));
         if items.is_empty() {
@@ -705,8 +735,25 @@ async fn the_change_feed_read_with_a_stored_cursor_ends_in_the_true_entitlements
         } else {
             order.len()
         };
-        wait_consumed(&pool, &topic.name, published, Duration::from_secs(60)).await;
-        read_all(&api, &mut cursor, &mut seen).await;
+        // Read while the projector works through the backlog, and once more
+        // after it is done.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            read_all(&api, &mut cursor, &mut seen, &mut shown).await;
+            let consumed: Option<i64> = sqlx::query_scalar(
+                "select sum(next_offset)::bigint from projector_offsets where topic = $1",
+            )
+            .bind(&topic.name)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if consumed.unwrap_or(0) >= published as i64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the backlog was not consumed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        read_all(&api, &mut cursor, &mut seen, &mut shown).await;
         // The projector goes away; the reader keeps its cursor.
         stop.cancel();
         task.await.unwrap().unwrap();
@@ -716,6 +763,19 @@ async fn the_change_feed_read_with_a_stored_cursor_ends_in_the_true_entitlements
     for item in &seen {
         assert_eq!(item["kind"], "customer", "{item}");
         last.insert(item["customer_id"].as_str().unwrap(), item);
+    }
+    // A customer's last change was readable as soon as it was in the feed:
+    // the state read right after it already showed its benefits.
+    for item in last.values() {
+        let cursor = item["cursor"].as_i64().unwrap();
+        if let Some(Some(benefits)) = shown.get(&cursor) {
+            let in_feed: Vec<String> =
+                serde_json::from_value(item["granted_benefit_ids"].clone()).unwrap();
+            assert_eq!(
+                benefits, &in_feed,
+                "change {cursor} in the feed before it was readable"
+            );
+        }
     }
     let mut compared = 0;
     for customer in truth["customers"].as_object().unwrap().values() {

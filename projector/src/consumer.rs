@@ -640,9 +640,13 @@ impl ConsumeLoop {
                 outcome.changed_external_ids.iter().map(String::as_str),
             );
             changes::notify(&mut tx, &notifications).await?;
+            let mut feed_lag = None;
             if context.feed {
                 // Last before the offsets: the feed's lock is held to commit.
                 feed::record(&mut tx, &generation, &outcome.customer_changes).await?;
+                if let Some(oldest) = events.iter().map(|e| e.seq).min() {
+                    feed_lag = feed::lag_seconds(&mut tx, oldest).await?;
+                }
             }
             let offsets: Vec<i64> = partitions.iter().map(|p| next_offsets[p]).collect();
             let firsts: Vec<i64> = partitions.iter().map(|p| first_offsets[p]).collect();
@@ -668,8 +672,12 @@ impl ConsumeLoop {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok::<_, BatchError>(outcome)
+            Ok::<_, BatchError>((outcome, feed_lag))
         })?;
+        let (outcome, feed_lag) = outcome;
+        if let Some(lag) = feed_lag {
+            context.metrics.feed_lag_seconds.set(lag);
+        }
         context
             .metrics
             .record_batch(&outcome, started.elapsed().as_secs_f64());

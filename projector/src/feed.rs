@@ -76,6 +76,19 @@ pub async fn record(
     Ok(())
 }
 
+/// Seconds from ingest's acceptance of event `seq` (its row in the log) to
+/// now: for a batch's oldest event, how far behind ingest the feed is.
+/// `None` when the event is not in the log (a topic fed by something else).
+pub async fn lag_seconds(tx: &mut PgConnection, seq: i64) -> sqlx::Result<Option<f64>> {
+    sqlx::query_scalar(
+        "select greatest(extract(epoch from clock_timestamp() - received_at), 0)::float8
+         from event_log where seq = $1",
+    )
+    .bind(seq)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
 /// Records a `resync` row: many customers may have changed at once.
 pub async fn record_resync(tx: &mut PgConnection, why: &str) -> sqlx::Result<()> {
     lock(tx).await?;

@@ -1,8 +1,8 @@
 //! The projector's Prometheus metrics, one registry per running service.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use hookstream_shared::http::{BATCH_SIZE_BUCKETS, LATENCY_BUCKETS};
@@ -114,6 +114,9 @@ pub struct ProjectorMetrics {
     pub push_backlog: IntGauge,
     /// Changes pruned before they could be pushed.
     pub push_lost: IntCounter,
+    /// For the last batch, seconds from ingest accepting its oldest event to
+    /// its changes being in the feed.
+    pub feed_lag_seconds: Gauge,
 }
 
 impl ProjectorMetrics {
@@ -228,6 +231,13 @@ impl ProjectorMetrics {
             "Changes in the feed not yet pushed, as of the page being delivered",
         )
         .expect("metric");
+        let feed_lag_seconds = Gauge::new(
+            "change_feed_lag_seconds",
+            "For the last batch, seconds from ingest accepting its oldest event to its changes being in the feed",
+        )
+        .expect("metric");
+        // Unknown until a batch writes the feed.
+        feed_lag_seconds.set(f64::NAN);
         let push_lost = IntCounter::new(
             "change_push_lost_total",
             "Changes pruned by retention before they could be pushed",
@@ -242,6 +252,7 @@ impl ProjectorMetrics {
             Box::new(push_parked.clone()),
             Box::new(push_backlog.clone()),
             Box::new(push_lost.clone()),
+            Box::new(feed_lag_seconds.clone()),
             Box::new(cache_misses.clone()),
             Box::new(offset_gaps.clone()),
             Box::new(backfills.clone()),
@@ -283,6 +294,7 @@ impl ProjectorMetrics {
             push_parked,
             push_backlog,
             push_lost,
+            feed_lag_seconds,
             offset_gaps,
             backfills,
         }

@@ -188,6 +188,24 @@ async fn a_polarsim_stream_with_duplicates_and_reordering_ends_in_the_true_state
         wrong.len(),
         wrong.join("\n")
     );
+    // How far behind ingest the change feed was for the last batch.
+    hookstream_shared::tls::use_ring_provider();
+    let metrics = reqwest::get(format!("{api_url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lag: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("hookstream_projector_change_feed_lag_seconds ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("the feed lag is reported");
+    assert!((0.0..60.0).contains(&lag), "feed lag {lag} s");
     // And the members of every customer, through Polar's own SDK.
     let (members_match, report) = sdk_members_check(&dir, &api_url, TOKEN).await.unwrap();
     assert!(members_match, "members through polar-sdk:\n{report}");

@@ -13,6 +13,16 @@ pub const CLEAR_ALL: &str = "*";
 /// NOTIFY payloads must stay under 8000 bytes.
 const MAX_PAYLOAD: usize = 7900;
 
+/// The token naming a customer in a payload.
+pub fn customer_key(id: &str) -> String {
+    format!("c:{id}")
+}
+
+/// The token naming an external id (of customers or members) in a payload.
+pub fn external_key(external_id: &str) -> String {
+    format!("x:{external_id}")
+}
+
 /// Payloads naming customers (`c:<id>`) and external ids (`x:<external id>`),
 /// comma-separated, each under Postgres's size limit.
 pub fn payloads<'a>(
@@ -21,8 +31,8 @@ pub fn payloads<'a>(
 ) -> Vec<String> {
     let tokens = customer_ids
         .into_iter()
-        .map(|id| format!("c:{id}"))
-        .chain(external_ids.into_iter().map(|id| format!("x:{id}")));
+        .map(customer_key)
+        .chain(external_ids.into_iter().map(external_key));
     let mut payloads: Vec<String> = Vec::new();
     for token in tokens {
         // A token with a comma could not be split back out.

@@ -323,3 +323,21 @@ impl Default for ProjectorMetrics {
         Self::new()
     }
 }
+
+/// One unit of a gauge, held for as long as the value lives: counts what is
+/// in progress (a parked waiter, an open stream), however it ends.
+#[derive(Debug)]
+pub struct InProgress(IntGauge);
+
+impl InProgress {
+    pub fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -27,6 +27,7 @@ use serde_json::json;
 use super::params::QueryParams;
 use super::{ApiError, ApiState, json_text};
 use crate::feed::{self, Change, MAX_PAGE, ReadError};
+use crate::metrics::InProgress;
 
 /// Items a stream reads from the feed at a time.
 const STREAM_PAGE: i64 = 100;
@@ -35,18 +36,6 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 /// How often a stream looks at the feed while change notifications are not
 /// heard.
 const UNHEARD_POLL: Duration = Duration::from_millis(500);
-
-/// A non-negative integer parameter, at most `max`.
-fn number(params: &QueryParams, key: &str, default: i64, max: i64) -> Result<i64, ApiError> {
-    match params.one(key)? {
-        None => Ok(default),
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (0..=max).contains(n))
-            .ok_or_else(|| ApiError::invalid(key, format!("must be an integer from 0 to {max}"))),
-    }
-}
 
 fn read_error(e: ReadError) -> ApiError {
     match e {
@@ -62,8 +51,8 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(query.as_deref());
-    let after = number(&params, "after", 0, i64::MAX)?;
-    let limit = number(&params, "limit", 100, MAX_PAGE)?.max(1);
+    let after = params.integer("after", 0, i64::MAX)?.unwrap_or(0);
+    let limit = params.integer("limit", 0, MAX_PAGE)?.unwrap_or(100).max(1);
     let items = feed::read(&state.pool, after, limit)
         .await
         .map_err(read_error)?;
@@ -79,7 +68,7 @@ pub async fn stream(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(query.as_deref());
-    let mut after = number(&params, "after", 0, i64::MAX)?;
+    let mut after = params.integer("after", 0, i64::MAX)?.unwrap_or(0);
     if let Some(last) = headers.get("last-event-id") {
         after = last
             .to_str()
@@ -92,13 +81,12 @@ pub async fn stream(
     let first = feed::read(&state.pool, after, STREAM_PAGE)
         .await
         .map_err(read_error)?;
-    state.metrics.sse_clients.inc();
     let reader = StreamReader {
         state: state.clone(),
         after,
         pending: first.into(),
         finished: false,
-        _counted: SseClient(state.clone()),
+        _counted: InProgress::new(&state.metrics.sse_clients),
     };
     let events = futures::stream::unfold(reader, |mut reader| async move {
         let event = reader.next().await?;
@@ -115,7 +103,7 @@ struct StreamReader {
     after: i64,
     pending: VecDeque<Change>,
     finished: bool,
-    _counted: SseClient,
+    _counted: InProgress,
 }
 
 impl StreamReader {
@@ -166,14 +154,5 @@ impl StreamReader {
                 }
             }
         }
-    }
-}
-
-/// Counts a stream in `sse_clients` for as long as it lives.
-struct SseClient(ApiState);
-
-impl Drop for SseClient {
-    fn drop(&mut self) {
-        self.0.metrics.sse_clients.dec();
     }
 }

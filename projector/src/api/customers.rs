@@ -7,6 +7,7 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse as _, Response};
 
+use super::customer_ref::CustomerRef;
 use super::params::QueryParams;
 use super::waiters::{Wait, Waited, wait_until};
 use super::{ApiError, ApiState, json_text};
@@ -33,19 +34,12 @@ const STATE_COLUMNS: &str = "
              from projection.customer_states s where s.customer_id = c.id), '[]'::jsonb)
     ))::text";
 
-/// Which customer a state is asked for.
-#[derive(Debug, Clone, Copy)]
-enum Whose<'a> {
-    Id(&'a str),
-    External(&'a str),
-}
-
 pub async fn state_by_id(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    answer(&state, Whose::Id(&id), query.as_deref()).await
+    answer(&state, CustomerRef::Id(&id), query.as_deref()).await
 }
 
 pub async fn state_by_external_id(
@@ -53,7 +47,12 @@ pub async fn state_by_external_id(
     Path(external_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    answer(&state, Whose::External(&external_id), query.as_deref()).await
+    answer(
+        &state,
+        CustomerRef::External(&external_id),
+        query.as_deref(),
+    )
+    .await
 }
 
 /// The state, or with `wait_for=active_subscription&timeout_ms=` (for an
@@ -62,7 +61,7 @@ pub async fn state_by_external_id(
 /// not exist yet).
 async fn answer(
     state: &ApiState,
-    whose: Whose<'_>,
+    whose: CustomerRef<'_>,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(query);
@@ -72,17 +71,14 @@ async fn answer(
             .map(|(_, text, _)| json_text(text))
             .ok_or(ApiError::NotFound);
     };
-    let own_key = match whose {
-        Whose::Id(id) => format!("c:{id}"),
-        Whose::External(external_id) => format!("x:{external_id}"),
-    };
+    let own_key = whose.key();
     wait_until(state, wait, vec![own_key.clone()], || async {
         let found = read(state, whose).await?;
         let mut keys = vec![own_key.clone()];
         Ok(match found {
             Some((id, text, active)) => {
-                if matches!(whose, Whose::External(_)) {
-                    keys.push(format!("c:{id}"));
+                if matches!(whose, CustomerRef::External(_)) {
+                    keys.push(CustomerRef::Id(&id).key());
                 }
                 Waited {
                     done: active,
@@ -104,14 +100,9 @@ async fn answer(
 /// active subscription.
 async fn read(
     state: &ApiState,
-    whose: Whose<'_>,
+    whose: CustomerRef<'_>,
 ) -> Result<Option<(String, String, bool)>, ApiError> {
-    let (filter, value) = match whose {
-        Whose::Id(id) => ("c.id = $1", id),
-        // Polar keeps external ids unique among live customers; while events
-        // are still arriving two may briefly share one, so pick deterministically.
-        Whose::External(external_id) => ("c.external_id = $1", external_id),
-    };
+    let (filter, value) = whose.condition();
     let sql = format!(
         "select c.id, {STATE_COLUMNS},
                 exists (select 1 from projection.effective_subscriptions e where e.customer_id = c.id)

@@ -37,6 +37,7 @@ use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use serde::Serialize;
 
+use super::customer_ref::CustomerRef;
 use super::entitlement_cache::{
     Cached, CustomerEntitlements, Holding, Lookup, PersonEntitlements, PersonHolding, PersonLookup,
     Through,
@@ -48,18 +49,12 @@ use super::{ApiError, ApiState, json_text};
 /// What the request asks about.
 #[derive(Debug, Clone, Copy)]
 enum Subject<'a> {
-    Customer(CustomerKey<'a>),
+    Customer(CustomerRef<'a>),
     Person {
         external_id: &'a str,
-        within: Option<CustomerKey<'a>>,
+        within: Option<CustomerRef<'a>>,
         members_only: bool,
     },
-}
-
-#[derive(Debug, Clone, Copy)]
-enum CustomerKey<'a> {
-    Id(&'a str),
-    External(&'a str),
 }
 
 fn subject(params: &QueryParams) -> Result<Subject<'_>, ApiError> {
@@ -67,8 +62,8 @@ fn subject(params: &QueryParams) -> Result<Subject<'_>, ApiError> {
         Ok(params.one(key)?.filter(|v| !v.is_empty()))
     };
     let customer = match (nonempty("customer_id")?, nonempty("external_customer_id")?) {
-        (Some(id), None) => Some(CustomerKey::Id(id)),
-        (None, Some(external_id)) => Some(CustomerKey::External(external_id)),
+        (Some(id), None) => Some(CustomerRef::Id(id)),
+        (None, Some(external_id)) => Some(CustomerRef::External(external_id)),
         (None, None) => None,
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
@@ -131,10 +126,8 @@ impl Subject<'_> {
     /// is read (its customers are added once they are known).
     fn keys(&self) -> Vec<String> {
         match self {
-            Self::Customer(CustomerKey::Id(id)) => vec![format!("c:{id}")],
-            Self::Customer(CustomerKey::External(x)) | Self::Person { external_id: x, .. } => {
-                vec![format!("x:{x}")]
-            }
+            Self::Customer(customer) => vec![customer.key()],
+            Self::Person { external_id, .. } => vec![CustomerRef::External(external_id).key()],
         }
     }
 }
@@ -159,8 +152,8 @@ async fn evaluate(
                 .as_ref()
                 .map(|c| c.holdings_of(benefit_id).collect())
                 .unwrap_or_default();
-            if let (CustomerKey::External(_), Some(c)) = (key, &customer) {
-                keys.push(format!("c:{}", c.customer_id));
+            if let (CustomerRef::External(_), Some(c)) = (key, &customer) {
+                keys.push(CustomerRef::Id(&c.customer_id).key());
             }
             let answer = CustomerAnswer {
                 granted: !via.is_empty(),
@@ -182,8 +175,8 @@ async fn evaluate(
                     && (!members_only || h.through == Through::Member)
                     && match within {
                         None => true,
-                        Some(CustomerKey::Id(id)) => h.holding.customer_id == id,
-                        Some(CustomerKey::External(external_id)) => {
+                        Some(CustomerRef::Id(id)) => h.holding.customer_id == id,
+                        Some(CustomerRef::External(external_id)) => {
                             h.customer_external_id.as_deref() == Some(external_id)
                         }
                     };
@@ -195,7 +188,7 @@ async fn evaluate(
             }
             let mut customers: Vec<&String> = person.customers.iter().collect();
             customers.sort();
-            keys.extend(customers.into_iter().map(|c| format!("c:{c}")));
+            keys.extend(customers.into_iter().map(|c| CustomerRef::Id(c).key()));
             let first = via.first();
             let answer = PersonAnswer {
                 granted: !via.is_empty(),
@@ -256,10 +249,10 @@ impl<'a> Via<'a> {
     }
 }
 
-async fn customer_entitlements(state: &ApiState, key: CustomerKey<'_>) -> Result<Cached, ApiError> {
+async fn customer_entitlements(state: &ApiState, key: CustomerRef<'_>) -> Result<Cached, ApiError> {
     let cached = match key {
-        CustomerKey::Id(id) => state.cache.by_id(id),
-        CustomerKey::External(external_id) => state.cache.by_external_id(external_id),
+        CustomerRef::Id(id) => state.cache.by_id(id),
+        CustomerRef::External(external_id) => state.cache.by_external_id(external_id),
     };
     match cached {
         Lookup::Hit(customer) => {
@@ -270,8 +263,8 @@ async fn customer_entitlements(state: &ApiState, key: CustomerKey<'_>) -> Result
             state.metrics.cache_misses.inc();
             let customer = load_customer(state, key).await?;
             let (by_external, by_id) = match key {
-                CustomerKey::Id(id) => (None, Some(id)),
-                CustomerKey::External(external_id) => (Some(external_id), None),
+                CustomerRef::Id(id) => (None, Some(id)),
+                CustomerRef::External(external_id) => (Some(external_id), None),
             };
             state
                 .cache
@@ -329,24 +322,12 @@ struct PersonGrantRow {
 }
 
 /// Every grant a live customer holds, in one query.
-async fn load_customer(state: &ApiState, key: CustomerKey<'_>) -> Result<Cached, ApiError> {
-    // Polar keeps external ids unique among live customers; while events
-    // are still arriving two may briefly share one, so pick deterministically.
-    let customer = match key {
-        CustomerKey::Id(_) => {
-            "select c.id from projection.customers c
-             where c.id = $1 and c.deleted_at is null"
-        }
-        CustomerKey::External(_) => {
-            "select c.id from projection.customers c
-             where c.external_id = $1 and c.deleted_at is null order by c.id limit 1"
-        }
-    };
-    let value = match key {
-        CustomerKey::Id(v) | CustomerKey::External(v) => v,
-    };
+async fn load_customer(state: &ApiState, key: CustomerRef<'_>) -> Result<Cached, ApiError> {
+    let (condition, value) = key.condition();
     let rows: Vec<GrantRow> = sqlx::query_as(&format!(
-        "with customer as ({customer})
+        "with customer as (
+                 select c.id from projection.customers c
+                 where {condition} and c.deleted_at is null order by c.id limit 1)
              select c.id as customer_id, e.benefit_id, e.grant_id, e.member_id
              from customer c
              left join projection.effective_grants e on e.customer_id = c.id

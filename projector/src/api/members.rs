@@ -8,6 +8,7 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 
+use super::customer_ref::CustomerRef;
 use super::list::{Arg, List};
 use super::params::QueryParams;
 use super::{ApiError, ApiState, json_text};
@@ -46,19 +47,12 @@ pub async fn list(
     .await
 }
 
-/// Which customer's members are asked for.
-#[derive(Debug, Clone, Copy)]
-enum Whose<'a> {
-    Id(&'a str),
-    External(&'a str),
-}
-
 pub async fn of_customer(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    customer_members(&state, Whose::Id(&id), query.as_deref()).await
+    customer_members(&state, CustomerRef::Id(&id), query.as_deref()).await
 }
 
 pub async fn of_external_customer(
@@ -66,24 +60,24 @@ pub async fn of_external_customer(
     Path(external_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    customer_members(&state, Whose::External(&external_id), query.as_deref()).await
+    customer_members(
+        &state,
+        CustomerRef::External(&external_id),
+        query.as_deref(),
+    )
+    .await
 }
 
 async fn customer_members(
     state: &ApiState,
-    whose: Whose<'_>,
+    whose: CustomerRef<'_>,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(query);
     let page = params.page()?;
     let order = params.sorting(&["-created_at"], sort_column)?;
     let roles = params.list("role");
-    let (filter, value) = match whose {
-        Whose::Id(id) => ("c.id = $1", id),
-        // Polar keeps external ids unique among live customers; while events
-        // are still arriving two may briefly share one, so pick deterministically.
-        Whose::External(external_id) => ("c.external_id = $1", external_id),
-    };
+    let (filter, value) = whose.condition();
     let customer: Option<String> = sqlx::query_scalar(&format!(
         "select c.id from projection.customers c
          where {filter} and c.deleted_at is null order by c.id limit 1"

@@ -9,6 +9,7 @@
 mod benefit_grants;
 mod changes_feed;
 mod customer_meters;
+mod customer_ref;
 mod customers;
 pub mod entitlement_cache;
 mod entitlements;

@@ -49,23 +49,26 @@ impl QueryParams {
         }
     }
 
+    /// An integer parameter from `min` to `max`; `None` when absent.
+    pub fn integer(&self, key: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+        match self.one(key)? {
+            None => Ok(None),
+            Some(text) => text
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::invalid(key, format!("must be an integer from {min} to {max}"))
+                }),
+        }
+    }
+
     /// Polar's pagination: `page` from 1, `limit` from 1 to 100 (default 10).
     pub fn page(&self) -> Result<Page, ApiError> {
-        let number = |key: &str, default: i64, min: i64, max: i64| -> Result<i64, ApiError> {
-            match self.one(key)? {
-                None => Ok(default),
-                Some(text) => text
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::invalid(key, format!("must be an integer from {min} to {max}"))
-                    }),
-            }
-        };
         Ok(Page {
-            page: number("page", 1, 1, i64::from(i32::MAX))?,
-            limit: number("limit", 10, 1, 100)?,
+            page: self.integer("page", 1, i64::from(i32::MAX))?.unwrap_or(1),
+            limit: self.integer("limit", 1, 100)?.unwrap_or(10),
         })
     }
 

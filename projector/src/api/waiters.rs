@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use super::params::QueryParams;
 use super::{ApiError, ApiState};
 use crate::changes::CLEAR_ALL;
+use crate::metrics::InProgress;
 
 /// The parked requests, by the keys they wait on.
 #[derive(Debug, Default)]
@@ -150,8 +151,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Waited, ApiError>>,
 {
-    state.metrics.waiters.inc();
-    let _counted = scopeguard(|| state.metrics.waiters.dec());
+    let _counted = InProgress::new(&state.metrics.waiters);
     let deadline = tokio::time::Instant::now() + wait.timeout;
     loop {
         // Registered and armed before the read: a change committed while
@@ -203,21 +203,10 @@ impl Wait {
         params: &QueryParams,
         conditions: &[(&str, bool)],
     ) -> Result<Option<Self>, ApiError> {
-        let timeout = match params.one("timeout_ms")? {
-            None => None,
-            Some(text) => Some(
-                text.parse::<u64>()
-                    .ok()
-                    .map(Duration::from_millis)
-                    .filter(|t| *t <= MAX_WAIT)
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "timeout_ms",
-                            format!("must be an integer from 0 to {}", MAX_WAIT.as_millis()),
-                        )
-                    })?,
-            ),
-        };
+        let max_ms = i64::try_from(MAX_WAIT.as_millis()).unwrap_or(i64::MAX);
+        let timeout = params
+            .integer("timeout_ms", 0, max_ms)?
+            .map(|ms| Duration::from_millis(ms.unsigned_abs()));
         let granted = match params.one("wait_for")? {
             None if timeout.is_some() => {
                 return Err(ApiError::invalid("timeout_ms", "needs wait_for"));
@@ -237,19 +226,6 @@ impl Wait {
             timeout: timeout.unwrap_or(DEFAULT_WAIT),
         }))
     }
-}
-
-/// Runs `f` when dropped (a waiter leaving, however it leaves).
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 #[cfg(test)]

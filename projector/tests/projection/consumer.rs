@@ -124,23 +124,78 @@ impl Running {
     }
 }
 
+/// Messages of `topic` the stored offsets cover.
+async fn consumed(pool: &PgPool, topic: &str) -> i64 {
+    let consumed: Option<i64> = sqlx::query_scalar(
+        "select sum(next_offset)::bigint from projector_offsets where topic = $1",
+    )
+    .bind(topic)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    consumed.unwrap_or(0)
+}
+
+/// The moment the stored offsets cover more than `count` messages, seen
+/// from outside as soon as it can be (polling every 2 ms): a batch's commit.
+async fn committed_past(pool: &PgPool, topic: &str, count: usize) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumed(pool, topic).await <= count as i64 {
+        assert!(Instant::now() < deadline, "nothing past {count} committed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Instant::now()
+}
+
+/// The projector binary over the test's database and `topic`, with the
+/// settings every run needs; callers add their own and spawn it.
+fn projector_binary(pool: &PgPool, topic: &Topic) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_projector"));
+    command
+        .env_clear()
+        .env("DATABASE_URL", crate::helpers::database_url(pool))
+        .env("KAFKA_BROKERS", topic.kafka.bootstrap_servers())
+        .env("KAFKA_TOPIC", &topic.name)
+        .env("PROJECTOR_API_TOKENS", TOKEN)
+        .env("PROJECTOR_LISTEN", "127.0.0.1:0");
+    command
+}
+
+/// For each `i`, a grant of `ben` to a new customer `cus_<i>` (external
+/// id `usr_<i>`), embedded in the grant: one change each in the feed.
+fn grants_to_new_customers(
+    s: &crate::helpers::Stream,
+    customers: std::ops::Range<usize>,
+) -> Vec<IncomingEvent> {
+    use crate::helpers::{benefit, customer, grant};
+    let b = benefit("ben", s.now());
+    customers
+        .map(|i| {
+            let c = customer(
+                &format!("cus_{i}"),
+                Some(&format!("usr_{i}")),
+                s.now(),
+                None,
+            );
+            s.event(
+                "benefit_grant.created",
+                grant(&format!("g_{i}"), &c, &b, None, true, s.tick(1), None),
+            )
+        })
+        .collect()
+}
+
 /// Waits until the stored offsets cover `count` messages.
 async fn wait_consumed(pool: &PgPool, topic: &str, count: usize, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
-        let consumed: Option<i64> = sqlx::query_scalar(
-            "select sum(next_offset)::bigint from projector_offsets where topic = $1",
-        )
-        .bind(topic)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if consumed.unwrap_or(0) >= count as i64 {
+        let consumed = consumed(pool, topic).await;
+        if consumed >= count as i64 {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "consumed {consumed:?} of {count} after {within:?}"
+            "consumed {consumed} of {count} after {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -271,23 +326,8 @@ async fn a_projector_killed_mid_stream_resumes_exactly_where_it_committed(pool: 
     let events = polarsim_stream();
     publish(&topic, events).await;
     generation::ensure_live(&pool).await.unwrap();
-    let database: String = sqlx::query_scalar("select current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let url = format!(
-        "{}/{database}",
-        base.rsplit_once('/').expect("url with a database").0
-    );
     let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
-            .env_clear()
-            .env("DATABASE_URL", &url)
-            .env("KAFKA_BROKERS", topic.kafka.bootstrap_servers())
-            .env("KAFKA_TOPIC", &topic.name)
-            .env("PROJECTOR_API_TOKENS", TOKEN)
-            .env("PROJECTOR_LISTEN", "127.0.0.1:0")
+        projector_binary(&pool, &topic)
             .env("PROJECTOR_BATCH_SIZE", "50")
             .env("PROJECTOR_SESSION_TIMEOUT_MS", "3000")
             .env("RUST_LOG", "warn")
@@ -295,21 +335,14 @@ async fn a_projector_killed_mid_stream_resumes_exactly_where_it_committed(pool: 
             .spawn()
             .expect("projector binary starts")
     };
-    let consumed = || async {
-        let n: Option<i64> =
-            sqlx::query_scalar("select sum(next_offset)::bigint from projector_offsets")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        n.unwrap_or(0)
-    };
+    let applied = || consumed(&pool, &topic.name);
     // Kill -9 as soon as some progress is made, several times over.
     let mut kills = 0;
-    while kills < 4 && consumed().await < events.len() as i64 {
+    while kills < 4 && applied().await < events.len() as i64 {
         let mut child = spawn();
-        let before = consumed().await;
+        let before = applied().await;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while consumed().await == before && Instant::now() < deadline {
+        while applied().await == before && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         child.kill().unwrap(); // SIGKILL: no shutdown, mid-batch as likely as not
@@ -331,23 +364,8 @@ async fn a_projector_killed_mid_stream_resumes_exactly_where_it_committed(pool: 
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
 async fn a_first_start_logs_no_postgres_notices(pool: PgPool) {
     let topic = topic();
-    let database: String = sqlx::query_scalar("select current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let url = format!(
-        "{}/{database}",
-        base.rsplit_once('/').expect("url with a database").0
-    );
     // RUST_LOG unset: the default a newcomer gets.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
-        .env_clear()
-        .env("DATABASE_URL", &url)
-        .env("KAFKA_BROKERS", topic.kafka.bootstrap_servers())
-        .env("KAFKA_TOPIC", &topic.name)
-        .env("PROJECTOR_API_TOKENS", TOKEN)
-        .env("PROJECTOR_LISTEN", "127.0.0.1:0")
+    let mut child = projector_binary(&pool, &topic)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("projector binary starts");
@@ -524,20 +542,7 @@ async fn waiting_reads_answer_when_the_change_commits_or_at_their_timeout(pool: 
     );
     assert_eq!(metrics.waiters.get(), 2);
     publish(&topic, std::slice::from_ref(&granted)).await;
-    // The commit, seen from outside as soon as it can be.
-    let committed = loop {
-        let consumed: Option<i64> = sqlx::query_scalar(
-            "select sum(next_offset)::bigint from projector_offsets where topic = $1",
-        )
-        .bind(&topic.name)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if consumed.unwrap_or(0) > before.len() as i64 {
-            break Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
+    let committed = committed_past(&pool, &topic.name, before.len()).await;
     for waiter in waiting {
         let (status, answer) = waiter.await.unwrap();
         let answered = Instant::now();
@@ -573,7 +578,7 @@ async fn waiting_reads_answer_when_the_change_commits_or_at_their_timeout(pool: 
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!state_waiter.is_finished(), "no subscription yet");
-    let consumed_before = before.len() as i64 + 1;
+    let consumed_before = before.len() + 1;
     publish(
         &topic,
         &[s.event(
@@ -582,19 +587,7 @@ async fn waiting_reads_answer_when_the_change_commits_or_at_their_timeout(pool: 
         )],
     )
     .await;
-    let committed = loop {
-        let consumed: Option<i64> = sqlx::query_scalar(
-            "select sum(next_offset)::bigint from projector_offsets where topic = $1",
-        )
-        .bind(&topic.name)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if consumed.unwrap_or(0) > consumed_before {
-            break Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
+    let committed = committed_past(&pool, &topic.name, consumed_before).await;
     let (status, state) = state_waiter.await.unwrap();
     assert!(Instant::now().saturating_duration_since(committed) < Duration::from_millis(200));
     assert_eq!(status, 200);
@@ -740,14 +733,7 @@ async fn the_change_feed_read_with_a_stored_cursor_ends_in_the_true_entitlements
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             read_all(&api, &mut cursor, &mut seen, &mut shown).await;
-            let consumed: Option<i64> = sqlx::query_scalar(
-                "select sum(next_offset)::bigint from projector_offsets where topic = $1",
-            )
-            .bind(&topic.name)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            if consumed.unwrap_or(0) >= published as i64 {
+            if consumed(&pool, &topic.name).await >= published as i64 {
                 break;
             }
             assert!(Instant::now() < deadline, "the backlog was not consumed");
@@ -843,27 +829,10 @@ async fn the_change_feed_read_with_a_stored_cursor_ends_in_the_true_entitlements
 /// and no repeat, including changes committed while it was away and after.
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
 async fn the_change_stream_resumes_after_its_last_event_id_without_gap_or_repeat(pool: PgPool) {
-    use crate::helpers::{Stream, benefit, customer, grant};
+    use crate::helpers::Stream;
     let topic = topic();
     let s = Stream::new();
-    let b = benefit("ben", s.now());
-    // Each customer event is its own change (one batch per event at this pace).
-    let batch = |from: usize, to: usize| -> Vec<IncomingEvent> {
-        (from..to)
-            .map(|i| {
-                let c = customer(
-                    &format!("cus_{i}"),
-                    Some(&format!("usr_{i}")),
-                    s.now(),
-                    None,
-                );
-                s.event(
-                    "benefit_grant.created",
-                    grant(&format!("g_{i}"), &c, &b, None, true, s.tick(1), None),
-                )
-            })
-            .collect()
-    };
+    let batch = |from: usize, to: usize| grants_to_new_customers(&s, from..to);
     publish(&topic, &batch(0, 10)).await;
     let app = Application::build_with_pool(config(&topic, &[]), pool.clone())
         .await
@@ -955,7 +924,7 @@ async fn every_change_is_pushed_signed_and_in_order_through_failures_and_a_kill(
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use crate::helpers::{Stream, benefit, customer, grant};
+    use crate::helpers::Stream;
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
     /// The app: its first two answers are 500, the third comes too late,
@@ -1006,37 +975,9 @@ async fn every_change_is_pushed_signed_and_in_order_through_failures_and_a_kill(
 
     let topic = topic();
     let s = Stream::new();
-    let b = benefit("ben", s.now());
-    let batch = |from: usize, to: usize| -> Vec<IncomingEvent> {
-        (from..to)
-            .map(|i| {
-                let c = customer(
-                    &format!("cus_{i}"),
-                    Some(&format!("usr_{i}")),
-                    s.now(),
-                    None,
-                );
-                s.event(
-                    "benefit_grant.created",
-                    grant(&format!("g_{i}"), &c, &b, None, true, s.tick(1), None),
-                )
-            })
-            .collect()
-    };
-    let database: String = sqlx::query_scalar("select current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let url = format!("{}/{database}", base.rsplit_once('/').unwrap().0);
+    let batch = |from: usize, to: usize| grants_to_new_customers(&s, from..to);
     let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
-            .env_clear()
-            .env("DATABASE_URL", &url)
-            .env("KAFKA_BROKERS", topic.kafka.bootstrap_servers())
-            .env("KAFKA_TOPIC", &topic.name)
-            .env("PROJECTOR_API_TOKENS", TOKEN)
-            .env("PROJECTOR_LISTEN", "127.0.0.1:0")
+        projector_binary(&pool, &topic)
             .env("PROJECTOR_SESSION_TIMEOUT_MS", "3000")
             .env("PROJECTOR_NOTIFY_URL", &hook_url)
             .env("PROJECTOR_NOTIFY_SECRET", SECRET)

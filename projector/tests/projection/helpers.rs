@@ -268,3 +268,17 @@ pub async fn customer_state(pool: &PgPool, customer_id: &str) -> Value {
     assert_eq!(status, 200, "state of {customer_id}: {state}");
     state
 }
+
+/// `postgres://…/<the test's database>` for the projector binary.
+pub fn database_url(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}?sslmode=disable",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options
+            .get_database()
+            .expect("sqlx::test names the database")
+    )
+}

@@ -20,7 +20,7 @@ use hookstream_projector::rebuild::replay::{ReplayOptions, ReplaySource, replay}
 use hookstream_shared::envelope;
 use hookstream_shared::event_log::{self, NewEvent};
 
-use crate::helpers::{Stream, benefit, customer, get, grant, live};
+use crate::helpers::{Stream, benefit, customer, database_url, get, grant, live};
 use crate::order_independence::polarsim_stream;
 
 /// Appends events to the log as ingest does; returns them with their seqs.
@@ -330,20 +330,6 @@ async fn readers_see_no_error_and_no_regression_while_a_replay_runs(pool: PgPool
         (200, Value::Bool(true)),
         "{body}"
     );
-}
-
-/// `postgres://…/<the test's database>` for the projector binary.
-fn database_url(pool: &PgPool) -> String {
-    let options = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}?sslmode=disable",
-        options.get_username(),
-        options.get_host(),
-        options.get_port(),
-        options
-            .get_database()
-            .expect("sqlx::test names the database")
-    )
 }
 
 fn projector(pool: &PgPool, args: &[&str]) -> Command {

@@ -246,6 +246,13 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
         })
 }
 
+/// The value of the first sample in a Prometheus text exposition whose line
+/// starts with `name` (give the labels, or a trailing space for none).
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
 /// One GET on a fresh connection: status and body.
 pub async fn get(base_url: &str, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Bytes)> {
     let authority = base_url.trim_start_matches("http://").to_owned();

@@ -439,11 +439,7 @@ async fn ingest_internals(base_url: &str) -> String {
         return "metrics unavailable".to_owned();
     };
     let text = String::from_utf8_lossy(&text);
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(f64::NAN)
-    };
+    let value = |name: &str| hookstream_tests::bench::metric_value(&text, name).unwrap_or(f64::NAN);
     // Share of a histogram's observations above 25 ms (a bucket bound): tells
     // a slow commit apart from a request that waited for a CPU.
     let over_25ms = |name: &str| -> f64 {
@@ -1520,16 +1516,15 @@ async fn waiters(args: WaitersArgs) -> anyhow::Result<()> {
             anyhow::Ok((i, answered, granted))
         }));
     }
-    let metric = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(f64::NAN)
-    };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (_, text) = hookstream_tests::bench::get(&service.base_url, "/metrics", None).await?;
         let text = String::from_utf8_lossy(&text);
-        if metric(&text, "hookstream_projector_entitlement_waiters ") >= n as f64 {
+        let parked = hookstream_tests::bench::metric_value(
+            &text,
+            "hookstream_projector_entitlement_waiters ",
+        );
+        if parked.is_some_and(|parked| parked >= n as f64) {
             break;
         }
         anyhow::ensure!(Instant::now() < deadline, "the waiters never all parked");

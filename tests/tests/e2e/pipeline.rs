@@ -196,15 +196,11 @@ async fn a_polarsim_stream_with_duplicates_and_reordering_ends_in_the_true_state
         .text()
         .await
         .unwrap();
-    let lag: f64 = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("hookstream_projector_change_feed_lag_seconds ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .expect("the feed lag is reported");
+    let lag = hookstream_tests::bench::metric_value(
+        &metrics,
+        "hookstream_projector_change_feed_lag_seconds ",
+    )
+    .expect("the feed lag is reported");
     assert!((0.0..60.0).contains(&lag), "feed lag {lag} s");
     // And the members of every customer, through Polar's own SDK.
     let (members_match, report) = sdk_members_check(&dir, &api_url, TOKEN).await.unwrap();

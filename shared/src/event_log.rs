@@ -185,7 +185,7 @@ pub async fn append_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Ve
         }
     }
 
-    events
+    let outcomes = events
         .iter()
         .enumerate()
         .map(|(i, e)| {
@@ -204,7 +204,34 @@ pub async fn append_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Ve
                 other => other,
             })
         })
-        .collect()
+        .collect::<sqlx::Result<Vec<Appended>>>()?;
+    let duplicates: Vec<i64> = outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            Appended::Duplicate { seq } => Some(*seq),
+            Appended::New { .. } => None,
+        })
+        .collect();
+    if !duplicates.is_empty() {
+        record_duplicates(pool, &duplicates).await?;
+    }
+    Ok(outcomes)
+}
+
+/// Counts deliveries answered as duplicates, once per copy (`seqs` may name
+/// one event more than once). Only the duplicate path pays for it.
+async fn record_duplicates(pool: &PgPool, seqs: &[i64]) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into event_log_duplicates (seq, copies, last_received_at)
+         select seq, count(*), now() from unnest($1::int8[]) as d(seq) group by seq
+         on conflict (seq) do update
+         set copies = event_log_duplicates.copies + excluded.copies,
+             last_received_at = excluded.last_received_at",
+        seqs
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// The oldest queued (unpublished) rows received before `received_before`,

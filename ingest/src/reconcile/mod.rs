@@ -240,6 +240,10 @@ impl Reconciler {
         }
     }
 
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub fn api(&self) -> &PolarApi {
         &self.api
     }

@@ -225,6 +225,19 @@ impl PeriodicReconcile {
         );
         let endpoint: Endpoint = serde_json::from_slice(&answer.body)
             .map_err(|e| anyhow::anyhow!("{path}: not a webhook endpoint ({e})"))?;
+        // For the projector's console, which cannot see ingest's metrics;
+        // failing to record it must not hide what was read.
+        let recorded = sqlx::query!(
+            "insert into polar_endpoint_state (endpoint_id, enabled) values ($1, $2)
+             on conflict (endpoint_id) do update set enabled = excluded.enabled, checked_at = now()",
+            id,
+            endpoint.enabled
+        )
+        .execute(self.reconciler.pool())
+        .await;
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "cannot record the webhook endpoint's state");
+        }
         Ok(endpoint.enabled)
     }
 }

@@ -16,10 +16,11 @@ use hookstream_shared::{db, kafka};
 use crate::api::{self, ApiShared, ApiState, EntitlementCache};
 use crate::changes::CHANGES_CHANNEL;
 use crate::config::ProjectorConfig;
+use crate::console::{self, ConsoleShared, ConsoleState};
 use crate::consumer;
 use crate::metrics::ProjectorMetrics;
 use crate::projection::generation;
-use crate::{feed, push};
+use crate::{applied, feed, push};
 
 /// A built, not yet running, projector.
 #[derive(Debug)]
@@ -130,13 +131,23 @@ impl Application {
                 push_stop.clone(),
             ))
         });
-        let pruning = config
-            .consumer
-            .changes_retention
-            .map(|retention| tokio::spawn(prune_changes(pool.clone(), retention)));
+        let pruning = tokio::spawn(prune_history(
+            pool.clone(),
+            config.consumer.changes_retention,
+        ));
         tracing::info!(%address, topic = %config.kafka.topic, group = %config.consumer.group_id, "projector serving");
         let stop_serving = CancellationToken::new();
-        let server = axum::serve(no_delay(listener), api::router(state))
+        let mut routes = api::router(state.clone());
+        if let Some(console) = &config.console {
+            routes = routes.merge(console::router(ConsoleState::new(ConsoleShared {
+                api: state,
+                tokens: console.tokens.clone(),
+                topic: config.kafka.topic.clone(),
+                group: config.consumer.group_id.clone(),
+                feed_on: config.consumer.changes_retention.is_some(),
+            })));
+        }
+        let server = axum::serve(no_delay(listener), routes)
             .with_graceful_shutdown(stop_serving.clone().cancelled_owned());
         let server = tokio::spawn(async move { server.await });
         let consumer_died = tokio::select! {
@@ -150,9 +161,7 @@ impl Application {
             .context("read API failed")?;
         consumer_stop.cancel();
         invalidation.abort();
-        if let Some(pruning) = pruning {
-            pruning.abort();
-        }
+        pruning.abort();
         push_stop.cancel();
         if let Some(pushing) = pushing {
             // Stops between attempts; a change in flight is sent again next time.
@@ -169,16 +178,25 @@ impl Application {
     }
 }
 
-/// Deletes changes past the feed's retention, once a minute. Every replica
+/// How long the console can say where in Kafka an event was applied from.
+const PLACEMENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Deletes changes past the feed's retention (when the feed is on) and event
+/// placements past [`PLACEMENT_RETENTION`], once a minute. Every replica
 /// does; the deletes are idempotent.
-async fn prune_changes(pool: PgPool, retention: Duration) {
+async fn prune_history(pool: PgPool, feed_retention: Option<Duration>) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     loop {
         every.tick().await;
-        match feed::prune(&pool, retention).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::debug!(deleted, "pruned the change feed"),
-            Err(e) => tracing::warn!(error = %e, "cannot prune the change feed"),
+        if let Some(retention) = feed_retention {
+            match feed::prune(&pool, retention).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::debug!(deleted, "pruned the change feed"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune the change feed"),
+            }
+        }
+        if let Err(e) = applied::prune(&pool, PLACEMENT_RETENTION).await {
+            tracing::warn!(error = %e, "cannot prune event placements");
         }
     }
 }

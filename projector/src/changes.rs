@@ -5,6 +5,9 @@
 
 use sqlx::PgConnection;
 
+use crate::feed;
+use crate::projection::{BatchOutcome, Generation};
+
 /// The channel consumer batches notify with the customers they changed.
 pub const CHANGES_CHANNEL: &str = "hookstream_projection_changed";
 /// A payload meaning "forget everything" (a generation switch, an id that
@@ -59,6 +62,26 @@ pub async fn notify(tx: &mut PgConnection, payloads: &[String]) -> sqlx::Result<
             .bind(payload)
             .execute(&mut *tx)
             .await?;
+    }
+    Ok(())
+}
+
+/// Tells readers what an applied batch changed, in its transaction: the
+/// notifications read caches evict by and, when the change feed is on, the
+/// feed's rows (whose lock is then held to commit, so call this last).
+pub async fn announce(
+    tx: &mut PgConnection,
+    generation: &Generation,
+    outcome: &BatchOutcome,
+    feed_on: bool,
+) -> sqlx::Result<()> {
+    let notifications = payloads(
+        outcome.changed_customers.iter().map(String::as_str),
+        outcome.changed_external_ids.iter().map(String::as_str),
+    );
+    notify(tx, &notifications).await?;
+    if feed_on {
+        feed::record(tx, generation, &outcome.customer_changes).await?;
     }
     Ok(())
 }

@@ -33,6 +33,16 @@ pub struct ProjectorConfig {
     pub shutdown_grace: Duration,
     /// Pushing the change feed to the app (`PROJECTOR_NOTIFY_URL`), if set.
     pub push: Option<PushSettings>,
+    /// The operator console at `/console/`, unless `PROJECTOR_CONSOLE=false`.
+    pub console: Option<ConsoleSettings>,
+}
+
+/// Who may log in to the operator console.
+#[derive(Debug, Clone)]
+pub struct ConsoleSettings {
+    /// `PROJECTOR_CONSOLE_TOKENS`, else `PROJECTOR_API_TOKENS`: the tokens a
+    /// login accepts. A session lasts while its token is still configured.
+    pub tokens: Vec<Secret>,
 }
 
 /// How the consumer batches.
@@ -68,29 +78,25 @@ impl ProjectorConfig {
                 "is required by the projector service (the local launcher `hookstream` starts an embedded broker)",
             ));
         }
-        let api_tokens: Vec<Secret> = settings
-            .list("PROJECTOR_API_TOKENS")?
-            .into_iter()
-            .map(Secret::new)
-            .collect();
+        let api_tokens = tokens(settings, "PROJECTOR_API_TOKENS")?;
         if api_tokens.is_empty() {
             return Err(ConfigError::new(
                 "PROJECTOR_API_TOKENS",
                 "is required: the bearer tokens the read API accepts, comma-separated",
             ));
         }
-        if let Some(position) = api_tokens
-            .iter()
-            .position(|t| t.expose().len() < MIN_TOKEN_LEN)
-        {
-            return Err(ConfigError::new(
-                "PROJECTOR_API_TOKENS",
-                format!(
-                    "token #{} is shorter than {MIN_TOKEN_LEN} characters",
-                    position + 1
-                ),
-            ));
-        }
+        let console = if settings.parse_or("PROJECTOR_CONSOLE", true)? {
+            let own = tokens(settings, "PROJECTOR_CONSOLE_TOKENS")?;
+            Some(ConsoleSettings {
+                tokens: if own.is_empty() {
+                    api_tokens.clone()
+                } else {
+                    own
+                },
+            })
+        } else {
+            None
+        };
         Ok(Self {
             listen: settings
                 .parse_or("PROJECTOR_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8081)))?,
@@ -103,8 +109,24 @@ impl ProjectorConfig {
             log: LogSettings::from_settings(settings)?,
             shutdown_grace: settings.secs_or("SHUTDOWN_GRACE_SECS", 20)?,
             push: PushSettings::from_settings(settings)?,
+            console,
         })
     }
+}
+
+/// A comma-separated token list, each at least [`MIN_TOKEN_LEN`] long.
+fn tokens(settings: &Settings, name: &str) -> Result<Vec<Secret>, ConfigError> {
+    let tokens: Vec<Secret> = settings.list(name)?.into_iter().map(Secret::new).collect();
+    if let Some(position) = tokens.iter().position(|t| t.expose().len() < MIN_TOKEN_LEN) {
+        return Err(ConfigError::new(
+            name,
+            format!(
+                "token #{} is shorter than {MIN_TOKEN_LEN} characters",
+                position + 1
+            ),
+        ));
+    }
+    Ok(tokens)
 }
 
 impl ConsumerSettings {
@@ -159,6 +181,22 @@ mod tests {
         assert_eq!(c.api_tokens.len(), 2);
         assert_eq!(c.kafka.topic, "polar.events");
         assert!(!format!("{c:?}").contains("token-one"));
+        let console = c.console.expect("the console is on by default");
+        assert_eq!(console.tokens.len(), 2, "it takes the API's tokens");
+    }
+
+    #[test]
+    fn the_console_can_have_its_own_tokens_or_be_off() {
+        let c = with(&[("PROJECTOR_CONSOLE_TOKENS", "operator-token-1")]).unwrap();
+        let tokens = c.console.unwrap().tokens;
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(tokens[0].expose(), "operator-token-1");
+        assert!(
+            with(&[("PROJECTOR_CONSOLE", "false")])
+                .unwrap()
+                .console
+                .is_none()
+        );
     }
 
     #[test]
@@ -222,6 +260,8 @@ mod tests {
             ("PROJECTOR_API_TOKENS", ""),
             ("PROJECTOR_API_TOKENS", "ok-token-1,short"),
             ("PROJECTOR_BATCH_SIZE", "0"),
+            ("PROJECTOR_CONSOLE", "maybe"),
+            ("PROJECTOR_CONSOLE_TOKENS", "ok-token-1,short"),
             ("PROJECTOR_SESSION_TIMEOUT_MS", "5"),
             ("KAFKA_BROKERS", ""),
             ("KAFKA_TOPIC_PARTITIONS", "0"),

@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use hookstream_shared::kafka::{KafkaSettings, header};
 
+use crate::applied::{self, Placement};
 use crate::config::ConsumerSettings;
 use crate::metrics::ProjectorMetrics;
 use crate::projection::from_log::{self, Target};
@@ -607,6 +608,16 @@ impl ConsumeLoop {
         for m in &batch {
             *applied_counts.entry(m.partition).or_default() += 1;
         }
+        let placements: Vec<Placement> = batch
+            .iter()
+            .filter_map(|m| {
+                m.event.as_ref().map(|event| Placement {
+                    partition: m.partition,
+                    offset: m.offset,
+                    seq: event.seq,
+                })
+            })
+            .collect();
         let events: Vec<IncomingEvent> = batch.into_iter().filter_map(|m| m.event).collect();
         let started = Instant::now();
         let context = self.context();
@@ -635,18 +646,15 @@ impl ConsumeLoop {
                 }
             }
             let outcome = projection::apply(&mut tx, &generation, &events).await?;
-            let notifications = changes::payloads(
-                outcome.changed_customers.iter().map(String::as_str),
-                outcome.changed_external_ids.iter().map(String::as_str),
-            );
-            changes::notify(&mut tx, &notifications).await?;
+            applied::record_placements(&mut tx, &context.topic, &placements).await?;
+            applied::record_unknown_types(&mut tx, outcome.ignored.keys(), &events).await?;
+            // Last before the offsets: the feed's lock is held to commit.
+            changes::announce(&mut tx, &generation, &outcome, context.feed).await?;
             let mut feed_lag = None;
-            if context.feed {
-                // Last before the offsets: the feed's lock is held to commit.
-                feed::record(&mut tx, &generation, &outcome.customer_changes).await?;
-                if let Some(oldest) = events.iter().map(|e| e.seq).min() {
-                    feed_lag = feed::lag_seconds(&mut tx, oldest).await?;
-                }
+            if context.feed
+                && let Some(oldest) = events.iter().map(|e| e.seq).min()
+            {
+                feed_lag = feed::lag_seconds(&mut tx, oldest).await?;
             }
             let offsets: Vec<i64> = partitions.iter().map(|p| next_offsets[p]).collect();
             let firsts: Vec<i64> = partitions.iter().map(|p| first_offsets[p]).collect();

@@ -6,12 +6,16 @@
 //! - [`projection`] decodes events and writes versioned rows into a generation.
 //! - [`api`] serves reads from the live generation; [`changes`] tells every
 //!   replica's read caches what a batch changed.
+//! - [`console`] is the operator's web console; [`applied`] records what it
+//!   shows of the consumer's work.
 //! - [`app`] wires them into one service; [`config`] and [`metrics`] support it.
 
 pub mod api;
 pub mod app;
+pub mod applied;
 pub mod changes;
 pub mod config;
+pub mod console;
 pub mod consumer;
 pub mod feed;
 pub mod metrics;

@@ -53,9 +53,14 @@ const KNOWN_EVENT_TYPES: &[&str] = &[
     "organization.updated",
 ];
 
+/// Whether Polar sends this event type (as of API 2026-10).
+pub fn is_known_event_type(event_type: &str) -> bool {
+    KNOWN_EVENT_TYPES.contains(&event_type)
+}
+
 /// The label value for an event type.
 pub fn event_type_label(event_type: &str) -> &str {
-    if KNOWN_EVENT_TYPES.contains(&event_type) {
+    if is_known_event_type(event_type) {
         event_type
     } else {
         "other"

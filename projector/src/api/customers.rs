@@ -97,8 +97,8 @@ async fn answer(
 }
 
 /// The live customer's id, its state, and whether the state lists an
-/// active subscription.
-async fn read(
+/// active subscription. The console shows the state through this too.
+pub(crate) async fn read(
     state: &ApiState,
     whose: CustomerRef<'_>,
 ) -> Result<Option<(String, String, bool)>, ApiError> {

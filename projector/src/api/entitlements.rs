@@ -101,10 +101,7 @@ pub async fn check(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(query.as_deref());
-    let benefit_id = params
-        .one("benefit_id")?
-        .filter(|b| !b.is_empty())
-        .ok_or_else(|| ApiError::invalid("benefit_id", "is required"))?;
+    let benefit_id = benefit_id(&params)?;
     let subject = subject(&params)?;
     let Some(wait) = Wait::parse(&params, &[("granted", true), ("revoked", false)])? else {
         let answer = evaluate(&state, benefit_id, subject).await?;
@@ -119,6 +116,23 @@ pub async fn check(
         })
     })
     .await
+}
+
+/// The check's answer to `query` (the route's parameters, without
+/// waiting) and whether it grants, exactly as the route would answer it.
+/// The console's benefit check asks through this, so both give one answer.
+pub async fn check_once(state: &ApiState, query: &str) -> Result<(bool, String), ApiError> {
+    let params = QueryParams::parse(Some(query));
+    let benefit_id = benefit_id(&params)?;
+    let answer = evaluate(state, benefit_id, subject(&params)?).await?;
+    Ok((answer.granted, answer.body))
+}
+
+fn benefit_id(params: &QueryParams) -> Result<&str, ApiError> {
+    params
+        .one("benefit_id")?
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| ApiError::invalid("benefit_id", "is required"))
 }
 
 impl Subject<'_> {

@@ -37,7 +37,10 @@ use hookstream_shared::http::{healthz, metrics_response, readyz};
 
 use crate::metrics::ProjectorMetrics;
 
+pub(crate) use customer_ref::CustomerRef;
+pub(crate) use customers::read as customer_state;
 pub use entitlement_cache::EntitlementCache;
+pub(crate) use entitlements::check_once as check_entitlement;
 pub use error::ApiError;
 
 /// What every read handler shares, behind one `Arc`: axum clones the state

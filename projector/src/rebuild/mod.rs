@@ -6,12 +6,15 @@
 //! - [`verify`] builds a scratch generation from the log and compares it row
 //!   by row with the live one.
 //!
-//! Both take [`RebuildLock`], so one runs at a time, and both start by
+//! - [`reapply`] applies failed events again into the live generation.
+//!
+//! Replay and verify take [`RebuildLock`], so one runs at a time, and both start by
 //! dropping generations an earlier, killed run left half-built.
 
 pub mod from_kafka;
 /// Kept here for the rebuild commands' callers; the reporter lives in `shared`.
 pub use hookstream_shared::progress;
+pub mod reapply;
 pub mod replay;
 pub mod verify;
 

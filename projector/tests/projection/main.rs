@@ -2,6 +2,7 @@
 //! database, read back through the real read API (in-process).
 
 mod api;
+mod console;
 mod consumer;
 mod families;
 mod helpers;

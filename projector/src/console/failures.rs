@@ -65,7 +65,7 @@ pub async fn page(
                 @if reapplied.is_empty() && still.is_empty() {
                     "Nothing to re-apply: no such failure."
                 } @else {
-                    "Re-applied " (reapplied.len()) ", still failing " (still.len()) "."
+                    "Tried " (reapplied.len() + still.len()) " again: " (reapplied.len()) " applied, " (still.len()) " still failing."
                     @if !reapplied.is_empty() { " Applied: " @for seq in &reapplied { (event_link(*seq)) " " } }
                     @if !still.is_empty() { " Still failing: " @for seq in &still { (event_link(*seq)) " " } }
                 }

@@ -219,7 +219,7 @@ pub async fn page(
             div.card { div.value { (backlog.unpublished) } div.label { "relay backlog" @if let Some(oldest) = backlog.oldest_received_at { " (oldest " (time(Some(oldest))) ")" } } }
             div.card { div.value.(if failures > 0 { "bad" } else { "ok" }) #failure-count { (failures) }
                        div.label { a href={ (PREFIX) "failures" } { "apply failures" } @if let Some(seq) = newest_failure { ", newest " (event_link(seq)) } } }
-            div.card { div.value { (log_head.unwrap_or(0)) } div.label { "events in the log (highest seq)" } }
+            div.card { div.value { (log_head.unwrap_or(0)) } div.label { "log head: the highest seq (seqs have gaps)" } }
         }
         p.legend { span { span.swatch.received {} "received" } span { span.swatch.applied {} "applied" } }
         h2 { "Last hour, per minute" }

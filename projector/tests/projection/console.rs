@@ -593,7 +593,9 @@ async fn failures_are_reapplied_with_the_sessions_csrf_token_and_the_outcome_sho
     assert_eq!(done.status, 303);
     let shown = get_page(&pool, &done.location.unwrap(), Some(&cookie)).await;
     assert!(
-        shown.html.contains("Re-applied 1, still failing 0."),
+        shown
+            .html
+            .contains("Tried 1 again: 1 applied, 0 still failing."),
         "{}",
         shown.html
     );
@@ -614,7 +616,9 @@ async fn failures_are_reapplied_with_the_sessions_csrf_token_and_the_outcome_sho
     .await;
     let shown = get_page(&pool, &all.location.unwrap(), Some(&cookie)).await;
     assert!(
-        shown.html.contains("Re-applied 0, still failing 1."),
+        shown
+            .html
+            .contains("Tried 1 again: 0 applied, 1 still failing."),
         "{}",
         shown.html
     );

@@ -4,5 +4,6 @@
 //! polarsim verifies every customer's state through Polar's own Python SDK.
 
 mod chaos;
+mod console;
 mod pipeline;
 mod reconcile;

@@ -10,6 +10,7 @@
 //! target/release/loadgen entitlements    # the feature-gate hot path
 //! target/release/loadgen end-to-end      # 200 from ingest to visible in the read API
 //! target/release/loadgen replay          # `projector replay` of a 1M-event log
+//! target/release/loadgen console         # a 500-event customer's console page, 1M-event log
 //! ```
 
 use std::path::PathBuf;
@@ -65,6 +66,9 @@ enum Bench {
     /// checks and SSE clients while grants are applied; memory per waiter
     /// and the time from a grant's commit to its waiter's answer.
     Waiters(WaitersArgs),
+    /// The console's customer page (timeline and all) for a customer with
+    /// 500 events, in a log of a million, against one with a typical count.
+    Console(ConsoleArgs),
     /// Reliability: `kill -9` ingest and the projectors, crash Postgres and
     /// take the broker away at random moments under a retrying polarsim
     /// stream, then check nothing was lost or applied twice (RELIABILITY.md).
@@ -128,6 +132,22 @@ struct ReconcileArgs {
     /// Customers in the simulated organization.
     #[arg(long, default_value_t = 10_000)]
     customers: u32,
+}
+
+#[derive(Args)]
+struct ConsoleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Events in the log in all (the polarsim stream, the busy customer's
+    /// extra events, and copies of the stream under other keys).
+    #[arg(long, default_value_t = 1_000_000)]
+    log_events: i64,
+    /// Events of the busy customer.
+    #[arg(long, default_value_t = 500)]
+    customer_events: usize,
+    /// Page loads measured per customer.
+    #[arg(long, default_value_t = 40)]
+    loads: usize,
 }
 
 #[derive(Args)]
@@ -247,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Reconcile(args) => reconcile(args).await,
         Bench::Chaos(args) => chaos(args).await,
         Bench::Waiters(args) => waiters(args).await,
+        Bench::Console(args) => console(args).await,
     }
 }
 
@@ -1647,5 +1668,231 @@ async fn waiters(args: WaitersArgs) -> anyhow::Result<()> {
         not_granted == 0,
         "{not_granted} waiters were not answered granted"
     );
+    Ok(())
+}
+
+/// The customer page's server time (its `Server-Timing`) for a customer with
+/// `customer_events` events in a log of `log_events`, beside the same page
+/// for a customer with a typical count and the stylesheet (the floor of a
+/// console request) in the same run.
+async fn console(args: ConsoleArgs) -> anyhow::Result<()> {
+    use hookstream_projector::api::{self, ApiShared, ApiState, EntitlementCache};
+    use hookstream_projector::console::{self as operator_console, ConsoleShared, ConsoleState};
+    use hookstream_projector::metrics::ProjectorMetrics;
+
+    let mut events = stream(&args.common, None, 2, 2000)?;
+    // The busy customer: the stream's busiest, given copies of one of its
+    // subscription events, each a newer version, up to `customer_events`.
+    let mut by_key: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    for (i, e) in events.iter().enumerate() {
+        if let Some(key) = hookstream_shared::envelope::parse(e.body.as_bytes())?.partition_key {
+            by_key.entry(key).or_default().push(i);
+        }
+    }
+    let (busy, indexes) = by_key
+        .iter()
+        .max_by_key(|(_, v)| v.len())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .ok_or_else(|| anyhow::anyhow!("an empty stream"))?;
+    let template = indexes
+        .iter()
+        .map(|&i| &events[i])
+        .find(|e| e.event_type.starts_with("subscription."))
+        .ok_or_else(|| anyhow::anyhow!("the busiest customer has no subscription event"))?
+        .clone();
+    let template: serde_json::Value = serde_json::from_str(&template.body)?;
+    let last_at: chrono::DateTime<chrono::Utc> = events
+        .iter()
+        .rev()
+        .find_map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.body).ok()?["timestamp"]
+                .as_str()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(chrono::Utc::now);
+    for i in 0..args.customer_events.saturating_sub(indexes.len()) {
+        let at = (last_at + chrono::Duration::seconds(i as i64 + 1)).to_rfc3339();
+        let mut body = template.clone();
+        body["timestamp"] = serde_json::json!(at);
+        body["data"]["modified_at"] = serde_json::json!(at);
+        events.push(SimEvent {
+            webhook_id: format!("console-bench-{i}"),
+            event_type: body["type"].as_str().unwrap_or_default().to_owned(),
+            body: body.to_string(),
+        });
+    }
+
+    let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
+    let pool = hookstream_shared::db::connect_and_migrate(
+        &hookstream_shared::db::DatabaseSettings::for_url(&database.url),
+        "loadgen",
+    )
+    .await?;
+    log_stream(&pool, &events).await?;
+    run_replay(&args.common, &database, &[])?;
+    // The typical customer: the median event count among keys that are
+    // customers (products and anonymous checkouts have keys too).
+    let keys: Vec<String> = by_key.keys().cloned().collect();
+    let customers: Vec<String> = sqlx::query_scalar(
+        "select id from projection.customers where id = any($1) and deleted_at is null",
+    )
+    .bind(&keys)
+    .fetch_all(&pool)
+    .await?;
+    let mut typical_counts: Vec<(usize, &String)> =
+        customers.iter().map(|k| (by_key[k].len(), k)).collect();
+    typical_counts.sort();
+    let (typical_events, typical) = typical_counts[typical_counts.len() / 2];
+    let typical = typical.clone();
+    // The rest of the log: copies of the stream's rows under other keys
+    // (other customers' events, not projected: they only make the log big).
+    let logged: i64 = sqlx::query_scalar("select count(*) from event_log")
+        .fetch_one(&pool)
+        .await?;
+    let copies = ((args.log_events - logged).max(0) + logged - 1) / logged;
+    let filling = Instant::now();
+    sqlx::query(
+        "insert into event_log (source, webhook_id, event_type, partition_key, occurred_at, received_at, body)
+         select source, webhook_id || '-copy-' || n, event_type, partition_key || '-copy-' || n,
+                occurred_at, received_at, body
+         from event_log cross join generate_series(1, $1::int) n
+         order by n, seq
+         limit $2",
+    )
+    .bind(copies as i32)
+    .bind(args.log_events - logged)
+    .execute(&pool)
+    .await?;
+    sqlx::query("analyze event_log").execute(&pool).await?;
+    let total: i64 = sqlx::query_scalar("select count(*) from event_log")
+        .fetch_one(&pool)
+        .await?;
+    eprintln!(
+        "  filled the log to {total} events in {:.1} s (not counted)",
+        filling.elapsed().as_secs_f64()
+    );
+    let plan: Vec<String> = sqlx::query_scalar(
+        "explain select seq from event_log where partition_key = any($1) order by occurred_at desc, seq desc limit 2000",
+    )
+    .bind(vec![busy.clone()])
+    .fetch_all(&pool)
+    .await?;
+
+    let api = ApiState::new(ApiShared {
+        pool: pool.clone(),
+        tokens: vec![Secret::new(TOKEN)],
+        metrics: ProjectorMetrics::new(),
+        cache: Arc::new(EntitlementCache::new(10, Duration::from_secs(60))),
+    });
+    let app = api::router(api.clone()).merge(operator_console::router(ConsoleState::new(
+        ConsoleShared {
+            api,
+            tokens: vec![Secret::new(TOKEN)],
+            topic: "polar.events".to_owned(),
+            group: "hookstream-projector".to_owned(),
+            feed_on: true,
+        },
+    )));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    hookstream_shared::tls::use_ring_provider();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let login = client
+        .post(format!("{base}/console/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={TOKEN}"))
+        .send()
+        .await?;
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .ok_or_else(|| anyhow::anyhow!("no session cookie"))?
+        .to_owned();
+    let measure = |path: String| {
+        let client = client.clone();
+        let cookie = cookie.clone();
+        let base = base.clone();
+        async move {
+            let mut server_ms = Vec::with_capacity(args.loads);
+            let mut timeline_rows = 0;
+            for load in 0..=args.loads {
+                let response = client
+                    .get(format!("{base}{path}"))
+                    .header("cookie", &cookie)
+                    .send()
+                    .await?;
+                anyhow::ensure!(response.status() == 200, "{path}: {}", response.status());
+                let timing: f64 = response
+                    .headers()
+                    .get("server-timing")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("app;dur="))
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| anyhow::anyhow!("no Server-Timing"))?;
+                let html = response.text().await?;
+                timeline_rows = html.matches("<tr data-seq=").count();
+                // The first load warms the caches; it is not counted.
+                if load > 0 {
+                    server_ms.push(timing);
+                }
+            }
+            server_ms.sort_by(f64::total_cmp);
+            Ok::<_, anyhow::Error>((server_ms, timeline_rows))
+        }
+    };
+    let quantile = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "console: {total} events in the log; customer page server time over {} loads",
+        args.loads
+    );
+    let (floor, _) = measure("/console/assets/console.css".to_owned()).await?;
+    let (usual, usual_rows) = measure(format!("/console/customers/{typical}")).await?;
+    let (busy_ms, busy_rows) = measure(format!("/console/customers/{busy}")).await?;
+    for (label, ms, rows) in [
+        ("stylesheet (the request floor)", &floor, None),
+        ("typical customer", &usual, Some(usual_rows)),
+        ("busy customer", &busy_ms, Some(busy_rows)),
+    ] {
+        println!(
+            "{:<32} p50 {:>7.3} ms  p90 {:>7.3} ms  max {:>7.3} ms{}",
+            label,
+            quantile(ms, 0.5),
+            quantile(ms, 0.9),
+            ms[ms.len() - 1],
+            rows.map(|r| format!("  ({r} timeline events)"))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "busy / typical p50: x{:.1}; typical customer has {typical_events} events",
+        quantile(&busy_ms, 0.5) / quantile(&usual, 0.5)
+    );
+    let scan = plan
+        .iter()
+        .find(|line| line.contains("Scan"))
+        .map_or("?", |l| l.trim());
+    println!("timeline query plan: {scan}");
+    // What the migration's index is worth: the same page without it.
+    sqlx::query("drop index event_log_partition_key")
+        .execute(&pool)
+        .await?;
+    let (unindexed, _) = measure(format!("/console/customers/{busy}")).await?;
+    println!(
+        "{:<32} p50 {:>7.3} ms  (x{:.1} the indexed page)",
+        "busy customer, no key index",
+        quantile(&unindexed, 0.5),
+        quantile(&unindexed, 0.5) / quantile(&busy_ms, 0.5)
+    );
+    server.abort();
+    pool.close().await;
+    if !args.common.keep_database {
+        database.drop_now().await?;
+    }
     Ok(())
 }

@@ -172,6 +172,7 @@ fn banner(b: &Banner<'_>) -> String {
   secret     {secret}
   read API   {api}
   token      {token}
+  console    {api}/console/ (log in with PROJECTOR_CONSOLE_TOKENS, else the token above)
   try        curl -H 'Authorization: Bearer {bearer}' '{api}/v1/entitlements/check?external_id=<user id>&benefit_id=<benefit id>'
 Ctrl-C stops.
 "

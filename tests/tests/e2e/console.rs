@@ -271,6 +271,19 @@ fn tempdir(name: &str) -> PathBuf {
     dir
 }
 
+/// The element `css` selects, waiting for it to appear: after a click the
+/// next page has not always loaded yet.
+async fn find(
+    browser: &Client,
+    css: &str,
+) -> Result<fantoccini::elements::Element, fantoccini::error::CmdError> {
+    browser
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+}
+
 /// What the operator does, as one fallible run so the browser is closed
 /// whatever happens.
 async fn drive(
@@ -288,50 +301,38 @@ async fn drive(
         "sent to the login form"
     );
     screenshot(browser, "1-login").await;
-    browser
-        .find(Locator::Css("#token"))
+    find(browser, "#token")
         .await?
         .send_keys("wrong-token-123")
         .await?;
-    browser
-        .find(Locator::Css("form.login button"))
-        .await?
-        .click()
-        .await?;
-    let refused = browser.find(Locator::Css(".problem")).await?.text().await?;
+    find(browser, "form.login button").await?.click().await?;
+    let refused = find(browser, ".problem").await?.text().await?;
     anyhow::ensure!(refused.contains("not accepted"), "{refused}");
-    browser
-        .find(Locator::Css("#token"))
+    find(browser, "#token")
         .await?
         .send_keys(CONSOLE_TOKEN)
         .await?;
-    browser
-        .find(Locator::Css("form.login button"))
-        .await?
-        .click()
-        .await?;
-    anyhow::ensure!(
-        browser.current_url().await?.path() == "/console/",
-        "logged in to the overview"
-    );
-    let received: i64 = browser
-        .find(Locator::Css("#received-hour"))
+    find(browser, "form.login button").await?.click().await?;
+    let received: i64 = find(browser, "#received-hour")
         .await?
         .text()
         .await?
         .parse()?;
+    anyhow::ensure!(
+        browser.current_url().await?.path() == "/console/",
+        "logged in to the overview"
+    );
     anyhow::ensure!(received > 0, "the overview counts the webhooks");
     screenshot(browser, "2-overview").await;
 
     // Search by the app's user id, then open the customer.
-    let search = browser.find(Locator::Css("nav form.search input")).await?;
+    let search = find(browser, "nav form.search input").await?;
     search.send_keys(external_id).await?;
-    browser
-        .find(Locator::Css("nav form.search button"))
+    find(browser, "nav form.search button")
         .await?
         .click()
         .await?;
-    let link = browser.find(Locator::Css("#results a")).await?;
+    let link = find(browser, "#results a").await?;
     anyhow::ensure!(
         link.text().await? == customer_id,
         "the search finds {external_id}"
@@ -340,6 +341,7 @@ async fn drive(
     link.click().await?;
 
     // The timeline holds the customer's logged events, in occurrence order.
+    find(browser, "#timeline").await?;
     let rows = browser.find_all(Locator::Css("#timeline tbody tr")).await?;
     let mut shown = Vec::new();
     for row in &rows {
@@ -371,28 +373,19 @@ async fn drive(
         in_order == logged,
         "timeline order {shown:?}, log {logged:?}"
     );
-    let timeline = browser
-        .find(Locator::Css("#timeline"))
-        .await?
-        .text()
-        .await?;
+    let timeline = find(browser, "#timeline").await?.text().await?;
     anyhow::ensure!(
         timeline.contains("current") && timeline.contains("superseded by"),
         "versions shown"
     );
 
     // The benefit check answers as the API does: granted.
-    browser
-        .find(Locator::Css("#check input[name=benefit_id]"))
+    find(browser, "#check input[name=benefit_id]")
         .await?
         .send_keys(benefit_id)
         .await?;
-    browser
-        .find(Locator::Css("#check button"))
-        .await?
-        .click()
-        .await?;
-    let answer = browser.find(Locator::Css("#answer")).await?.text().await?;
+    find(browser, "#check button").await?.click().await?;
+    let answer = find(browser, "#answer").await?.text().await?;
     anyhow::ensure!(answer.starts_with("Granted."), "{answer}");
     anyhow::ensure!(
         answer.contains("is in force"),
@@ -401,43 +394,32 @@ async fn drive(
     screenshot(browser, "4-customer").await;
 
     // An event: its body, where it went, what it wrote.
-    browser
-        .find(Locator::Css("#timeline tbody tr td a"))
+    find(browser, "#timeline tbody tr td a")
         .await?
         .click()
         .await?;
-    let delivery = browser
-        .find(Locator::Css("#delivery"))
-        .await?
-        .text()
-        .await?;
+    let delivery = find(browser, "#delivery").await?.text().await?;
     anyhow::ensure!(
         delivery.contains("partition") && delivery.contains("offset"),
         "{delivery}"
     );
-    browser.find(Locator::Css("#body")).await?;
+    find(browser, "#body").await?;
     screenshot(browser, "5-event").await;
 
     // The failure the broken webhook caused, re-applied: it still fails,
     // and the page says so.
-    browser
-        .find(Locator::Css("nav a[href='/console/failures']"))
+    find(browser, "nav a[href='/console/failures']")
         .await?
         .click()
         .await?;
-    let failures = browser
-        .find(Locator::Css("#failures"))
-        .await?
-        .text()
-        .await?;
+    let failures = find(browser, "#failures").await?.text().await?;
     anyhow::ensure!(failures.contains("wh-broken-1"), "{failures}");
     screenshot(browser, "6-failures").await;
-    browser
-        .find(Locator::Css("#failures button.reapply"))
+    find(browser, "#failures button.reapply")
         .await?
         .click()
         .await?;
-    let outcome = browser.find(Locator::Css("#outcome")).await?.text().await?;
+    let outcome = find(browser, "#outcome").await?.text().await?;
     anyhow::ensure!(
         outcome.contains("Tried 1 again: 0 applied, 1 still failing."),
         "{outcome}"

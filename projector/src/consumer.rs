@@ -172,9 +172,20 @@ impl ConsumerContext for ProjectorContext {
                     .iter()
                     .map(|e| e.partition())
                     .collect();
-                let Some(stored) = self.load_offsets_retrying(&partitions) else {
+                let Some(mut stored) = self.load_offsets_retrying(&partitions) else {
                     return; // stopping
                 };
+                // Before the start offsets are set: a partition recreated
+                // under its stored offset starts over at its beginning.
+                for &partition in &partitions {
+                    if let Some(&next) = stored.get(&partition)
+                        && let Some((low, high)) = self.watermarks(consumer, partition)
+                        && high < next
+                        && let Some(restart) = self.restart_recreated(partition, next, low, high)
+                    {
+                        stored.insert(partition, restart);
+                    }
+                }
                 for &partition in &partitions {
                     let offset = stored
                         .get(&partition)
@@ -244,10 +255,55 @@ impl ProjectorContext {
 
     /// The earliest offset the broker still holds, `None` if it cannot say.
     fn low_watermark(&self, consumer: &BaseConsumer<Self>, partition: i32) -> Option<i64> {
+        self.watermarks(consumer, partition).map(|(low, _)| low)
+    }
+
+    /// The partition's earliest offset and the offset after its last message.
+    fn watermarks(&self, consumer: &BaseConsumer<Self>, partition: i32) -> Option<(i64, i64)> {
         match consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(5)) {
-            Ok((low, _)) => Some(low),
+            Ok(marks) => Some(marks),
             Err(e) => {
                 tracing::warn!(error = %e, partition, "cannot read the partition's watermarks");
+                None
+            }
+        }
+    }
+
+    /// A partition that ends before the stored next offset was recreated (a
+    /// broker that lost its data, a topic deleted and made again): its
+    /// offsets start over and no longer match the stored ones, so messages
+    /// below the stored offset would be taken as already applied. The
+    /// position restarts at the partition's beginning, in Postgres (fenced
+    /// on the offset this consumer read, with a fresh audit) and here, and
+    /// the event log is re-applied, which holds everything the old topic
+    /// held. Returns the new next offset, or `None` if it could not be
+    /// stored (another consumer moved it, or the database failed; the next
+    /// assignment or batch checks again).
+    fn restart_recreated(&self, partition: i32, next: i64, low: i64, high: i64) -> Option<i64> {
+        tracing::error!(
+            partition,
+            stored_next_offset = next,
+            partition_end = high,
+            "the partition ends before the stored offset: the topic was recreated or the broker lost its data; \
+             starting the partition over and re-applying the event log"
+        );
+        let restarted = self.runtime.block_on(restart_position(
+            &self.pool,
+            &self.group,
+            &self.topic,
+            partition,
+            next,
+            low,
+        ));
+        match restarted {
+            Ok(true) => {
+                self.metrics.topic_restarts.inc();
+                self.backfill_needed.store(true, Ordering::Release);
+                Some(low)
+            }
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, partition, "cannot restart the partition's stored offset");
                 None
             }
         }
@@ -310,6 +366,31 @@ async fn load_offsets(
         .into_iter()
         .map(|r| (r.partition, r.next_offset))
         .collect())
+}
+
+/// Moves a partition's stored position from `expected` to `restart` (its
+/// audit starting over there), if it is still `expected`.
+async fn restart_position(
+    pool: &PgPool,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    expected: i64,
+    restart: i64,
+) -> sqlx::Result<bool> {
+    let moved = sqlx::query!(
+        "update projector_offsets
+         set next_offset = $5, first_offset = $5, messages_applied = 0, updated_at = now()
+         where consumer_group = $1 and topic = $2 and partition = $3 and next_offset = $4",
+        group,
+        topic,
+        partition,
+        expected,
+        restart
+    )
+    .execute(pool)
+    .await?;
+    Ok(moved.rows_affected() == 1)
 }
 
 /// Messages of `topic` that the consumer group's stored positions passed
@@ -554,6 +635,36 @@ impl ConsumeLoop {
             .lock()
             .expect("positions lock")
             .clone();
+        // A message below the stored offset is a stale read after a rewind,
+        // unless the partition now ends below that offset: then the topic
+        // was recreated while this consumer ran (librdkafka reset the fetch
+        // to its beginning). That partition starts over.
+        let mut below: BTreeMap<i32, i64> = BTreeMap::new();
+        for m in &batch {
+            if let Some(next) = expected.get(&m.partition).and_then(|p| p.next)
+                && m.offset < next
+            {
+                below.insert(m.partition, next);
+            }
+        }
+        let mut restarted = Vec::new();
+        for (partition, next) in below {
+            if let Some((low, high)) = self.context().watermarks(&self.consumer, partition)
+                && high < next
+                && self
+                    .context()
+                    .restart_recreated(partition, next, low, high)
+                    .is_some()
+            {
+                restarted.push(partition);
+            }
+        }
+        if !restarted.is_empty() {
+            // Read again from the new start (a seek to the stored offset),
+            // after the log is re-applied; the other partitions go on.
+            batch.retain(|m| !restarted.contains(&m.partition));
+            self.mark_lost(&restarted);
+        }
         // Messages of partitions revoked while gathering, or already applied
         // (re-delivered after a rewind), are dropped.
         batch.retain(|m| {

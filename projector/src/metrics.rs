@@ -101,6 +101,9 @@ pub struct ProjectorMetrics {
     pub offset_gaps: IntCounter,
     /// Re-applications of the event log to repair such gaps.
     pub backfills: IntCounter,
+    /// Partitions found recreated under their stored offsets (a broker that
+    /// lost its data), started over from their beginning.
+    pub topic_restarts: IntCounter,
     /// Entitlement checks answered from the cache.
     pub cache_hits: IntCounter,
     /// Entitlement checks that read Postgres.
@@ -199,6 +202,11 @@ impl ProjectorMetrics {
             "Re-applications of the event log to repair gaps",
         )
         .expect("metric");
+        let topic_restarts = IntCounter::new(
+            "topic_restarts_total",
+            "Partitions found recreated under their stored offsets and started over",
+        )
+        .expect("metric");
         let cache_hits = IntCounter::new(
             "entitlement_cache_hits_total",
             "Entitlement checks answered from the cache",
@@ -261,6 +269,7 @@ impl ProjectorMetrics {
             Box::new(cache_misses.clone()),
             Box::new(offset_gaps.clone()),
             Box::new(backfills.clone()),
+            Box::new(topic_restarts.clone()),
             Box::new(consumer_lag.clone()),
             Box::new(batch_size.clone()),
             Box::new(apply_seconds.clone()),
@@ -302,6 +311,7 @@ impl ProjectorMetrics {
             feed_lag_seconds,
             offset_gaps,
             backfills,
+            topic_restarts,
         }
     }
 

@@ -1282,3 +1282,66 @@ async fn a_replay_from_kafka_while_the_consumer_runs_switches_without_losing_an_
     );
     assert_live_equals_in_order(&pool, &topic.name, events).await;
 }
+
+/// A broker that lost its data comes back with the topic empty, and its
+/// offsets start over at 0, below the positions stored in Postgres. Its
+/// new messages must not be taken for ones already applied: the consumer
+/// starts those partitions over and re-applies the event log.
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn a_topic_recreated_under_the_stored_offsets_is_started_over_and_recovered_from_the_log(
+    pool: PgPool,
+) {
+    use hookstream_shared::event_log::{NewEvent, append_batch};
+    let before = topic();
+    let stream = polarsim_stream();
+    let batch: Vec<NewEvent> = stream
+        .iter()
+        .map(|e| {
+            let parsed = envelope::parse(&e.body).unwrap();
+            NewEvent::from_envelope("polar", &e.webhook_id, parsed, e.body.clone().into())
+        })
+        .collect();
+    let logged: Vec<IncomingEvent> = append_batch(&pool, &batch)
+        .await
+        .unwrap()
+        .iter()
+        .zip(stream.iter())
+        .map(|(appended, e)| IncomingEvent {
+            seq: appended.seq(),
+            ..e.clone()
+        })
+        .collect();
+    // The first two thirds reach the old broker and are applied.
+    let split = logged.len() * 2 / 3;
+    publish(&before, &logged[..split]).await;
+    let running = start(&pool, config(&before, &[])).await;
+    wait_consumed(&pool, &before.name, split, Duration::from_secs(60)).await;
+    running.stop().await;
+
+    // The broker comes back empty; the relay publishes what came since.
+    let after = Topic {
+        kafka: EmbeddedKafka::start(1).unwrap(),
+        name: before.name.clone(),
+    };
+    after.kafka.create_topic(&after.name, PARTITIONS).unwrap();
+    publish(&after, &logged[split..]).await;
+    let running = start(&pool, config(&after, &[])).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // The stored positions follow the new topic, not the old one.
+        let on_new_topic = consumed(&pool, &after.name).await == (logged.len() - split) as i64;
+        if on_new_topic && dump_equals_in_order(&pool, &logged).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recreated topic's messages were taken for applied ones"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let passed_over = consumer::messages_passed_over(&pool, &after.name)
+        .await
+        .unwrap();
+    assert_eq!(passed_over, 0, "the audit starts over with the partition");
+    running.stop().await;
+}

@@ -149,16 +149,26 @@ impl Application {
         }
         let server = axum::serve(no_delay(listener), routes)
             .with_graceful_shutdown(stop_serving.clone().cancelled_owned());
-        let server = tokio::spawn(async move { server.await });
+        let mut server = tokio::spawn(async move { server.await });
         let consumer_died = tokio::select! {
             () = shutdown.cancelled() => false,
             () = consumer_exited.cancelled() => true,
         };
         stop_serving.cancel();
-        server
-            .await
-            .context("read API task")?
-            .context("read API failed")?;
+        // Change streams and waiting reads hold their connections open; past
+        // the grace they are closed (their clients reconnect elsewhere).
+        match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+            Ok(joined) => joined
+                .context("read API task")?
+                .context("read API failed")?,
+            Err(_) => {
+                tracing::warn!(
+                    grace_secs = config.shutdown_grace.as_secs_f64(),
+                    "read API connections still open after SHUTDOWN_GRACE_SECS; closing them"
+                );
+                server.abort();
+            }
+        }
         consumer_stop.cancel();
         invalidation.abort();
         pruning.abort();

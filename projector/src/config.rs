@@ -29,7 +29,8 @@ pub struct ProjectorConfig {
     /// as a backstop to change notifications.
     pub cache_ttl: Duration,
     pub log: LogSettings,
-    /// `SHUTDOWN_GRACE_SECS` (20).
+    /// `SHUTDOWN_GRACE_SECS` (20): how long shutdown waits for open read API
+    /// connections (change streams, waiting reads) before closing them.
     pub shutdown_grace: Duration,
     /// Pushing the change feed to the app (`PROJECTOR_NOTIFY_URL`), if set.
     pub push: Option<PushSettings>,

@@ -1345,3 +1345,38 @@ async fn a_topic_recreated_under_the_stored_offsets_is_started_over_and_recovere
     assert_eq!(passed_over, 0, "the audit starts over with the partition");
     running.stop().await;
 }
+
+/// An open change stream does not hold shutdown past SHUTDOWN_GRACE_SECS.
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn shutdown_closes_open_change_streams_after_the_grace(pool: PgPool) {
+    let topic = topic();
+    let app = Application::build_with_pool(
+        config(&topic, &[("SHUTDOWN_GRACE_SECS", "1")]),
+        pool.clone(),
+    )
+    .await
+    .unwrap();
+    let address = app.address();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    hookstream_shared::tls::use_ring_provider();
+    let stream = reqwest::Client::new()
+        .get(format!("http://{address}/v1/changes/stream"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let asked = Instant::now();
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("stopped despite the open stream")
+        .unwrap()
+        .unwrap();
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "the grace was given"
+    );
+    drop(stream);
+}

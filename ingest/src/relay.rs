@@ -27,7 +27,6 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use chrono::Utc;
 use futures::future::join_all;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use sqlx::postgres::PgConnectOptions;
@@ -37,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use hookstream_shared::db;
 use hookstream_shared::event_log::{self, LoggedEvent};
-use hookstream_shared::kafka::{self, KafkaSettings, header};
+use hookstream_shared::kafka::{self, KafkaSettings, message};
 
 use crate::config::RelaySettings;
 use crate::metrics::IngestMetrics;
@@ -311,24 +310,12 @@ impl Relay {
         // join_all polls in order, so messages are enqueued in the order given
         // and the idempotent producer keeps it within each partition.
         let deliveries = join_all(events.iter().map(|event| {
-            let seq = event.seq.to_string();
-            let headers = OwnedHeaders::new_with_capacity(4)
-                .insert(Header {
-                    key: header::WEBHOOK_ID,
-                    value: Some(event.webhook_id.as_str()),
-                })
-                .insert(Header {
-                    key: header::EVENT_TYPE,
-                    value: Some(event.event_type.as_str()),
-                })
-                .insert(Header {
-                    key: header::SOURCE,
-                    value: Some(event.source.as_str()),
-                })
-                .insert(Header {
-                    key: header::SEQ,
-                    value: Some(seq.as_str()),
-                });
+            let headers = message::headers(
+                &event.webhook_id,
+                &event.event_type,
+                &event.source,
+                event.seq,
+            );
             let record = FutureRecord::to(&self.kafka.topic)
                 .key(event.partition_key.as_str())
                 .payload(event.body.as_ref())

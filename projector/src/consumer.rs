@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -44,7 +44,7 @@ use sqlx::PgPool;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use hookstream_shared::kafka::{KafkaSettings, header};
+use hookstream_shared::kafka::{KafkaSettings, message as kafka_message};
 
 use crate::applied::{self, Placement};
 use crate::config::ConsumerSettings;
@@ -929,17 +929,10 @@ impl ConsumeLoop {
 /// The event a message carries, or `None` for a message ingest did not
 /// publish (no `seq` header).
 pub(crate) fn event_from_message(message: &impl Message) -> Option<IncomingEvent> {
-    let header_text = |name: &str| -> Option<String> {
-        message
-            .headers()?
-            .iter()
-            .find(|h| h.key == name)
-            .and_then(|h| String::from_utf8(h.value?.to_vec()).ok())
-    };
-    let seq = header_text(header::SEQ)?.parse::<i64>().ok()?;
     Some(IncomingEvent {
-        seq,
-        webhook_id: header_text(header::WEBHOOK_ID).unwrap_or_default(),
+        seq: kafka_message::seq(message)?,
+        webhook_id: kafka_message::header_text(message, kafka_message::WEBHOOK_ID)
+            .unwrap_or_default(),
         body: message.payload().unwrap_or_default().to_vec(),
     })
 }

@@ -15,8 +15,13 @@ use rdkafka::mocking::MockCluster;
 
 use crate::config::{ConfigError, Settings};
 
-/// Names of the headers on every message, beside the raw body as value.
-pub mod header {
+/// The message format (DESIGN.md "Kafka message"), written by the relay and
+/// read by the projector, in one place: the key is the partition key, the
+/// value the raw body, and these headers.
+pub mod message {
+    use rdkafka::Message;
+    use rdkafka::message::{Header, Headers, OwnedHeaders};
+
     /// The Standard Webhooks message id, unique per `source`.
     pub const WEBHOOK_ID: &str = "webhook-id";
     /// The envelope's `type`.
@@ -25,6 +30,43 @@ pub mod header {
     pub const SOURCE: &str = "source";
     /// The event's sequence number in the event log, decimal.
     pub const SEQ: &str = "seq";
+
+    /// The headers of one event's message.
+    pub fn headers(webhook_id: &str, event_type: &str, source: &str, seq: i64) -> OwnedHeaders {
+        let seq = seq.to_string();
+        OwnedHeaders::new_with_capacity(4)
+            .insert(Header {
+                key: WEBHOOK_ID,
+                value: Some(webhook_id),
+            })
+            .insert(Header {
+                key: EVENT_TYPE,
+                value: Some(event_type),
+            })
+            .insert(Header {
+                key: SOURCE,
+                value: Some(source),
+            })
+            .insert(Header {
+                key: SEQ,
+                value: Some(seq.as_str()),
+            })
+    }
+
+    /// A header's value as text, if the message has it and it is UTF-8.
+    pub fn header_text(message: &impl Message, name: &str) -> Option<String> {
+        message
+            .headers()?
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| String::from_utf8(h.value?.to_vec()).ok())
+    }
+
+    /// The log seq a message carries; `None` for a message hookstream's
+    /// relay did not publish.
+    pub fn seq(message: &impl Message) -> Option<i64> {
+        header_text(message, SEQ)?.parse().ok()
+    }
 }
 
 /// Prefix of variables passed through to librdkafka: `KAFKA_PROPERTY_SASL_MECHANISMS=PLAIN`

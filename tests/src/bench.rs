@@ -514,36 +514,24 @@ impl StreamPublisher {
     }
 
     pub async fn publish(&mut self, topic: &str, events: &[crate::SimEvent]) -> anyhow::Result<()> {
-        use rdkafka::message::{Header, OwnedHeaders};
         use rdkafka::producer::FutureRecord;
         for chunk in events.chunks(20_000) {
             let first_seq = self.last_seq + 1;
             self.last_seq += chunk.len();
             let producer = &self.producer;
             let sends = chunk.iter().enumerate().map(|(i, event)| {
-                let seq = (first_seq + i).to_string();
+                let seq = (first_seq + i) as i64;
                 let key = hookstream_shared::envelope::parse(event.body.as_bytes())
                     .ok()
                     .and_then(|e| e.partition_key)
                     .unwrap_or_else(|| event.webhook_id.clone());
                 async move {
-                    let headers = OwnedHeaders::new_with_capacity(4)
-                        .insert(Header {
-                            key: "webhook-id",
-                            value: Some(event.webhook_id.as_str()),
-                        })
-                        .insert(Header {
-                            key: "event-type",
-                            value: Some(event.event_type.as_str()),
-                        })
-                        .insert(Header {
-                            key: "source",
-                            value: Some("polar"),
-                        })
-                        .insert(Header {
-                            key: "seq",
-                            value: Some(seq.as_str()),
-                        });
+                    let headers = hookstream_shared::kafka::message::headers(
+                        &event.webhook_id,
+                        &event.event_type,
+                        "polar",
+                        seq,
+                    );
                     producer
                         .send(
                             FutureRecord::to(topic)

@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -49,24 +48,12 @@ async fn publish(topic: &Topic, events: &[IncomingEvent]) {
         let key = parsed
             .partition_key
             .unwrap_or_else(|| event.webhook_id.clone());
-        let seq = event.seq.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "webhook-id",
-                value: Some(event.webhook_id.as_str()),
-            })
-            .insert(Header {
-                key: "event-type",
-                value: Some(parsed.event_type.as_str()),
-            })
-            .insert(Header {
-                key: "source",
-                value: Some("polar"),
-            })
-            .insert(Header {
-                key: "seq",
-                value: Some(seq.as_str()),
-            });
+        let headers = hookstream_shared::kafka::message::headers(
+            &event.webhook_id,
+            &parsed.event_type,
+            "polar",
+            event.seq,
+        );
         producer
             .send(
                 FutureRecord::to(&topic.name)

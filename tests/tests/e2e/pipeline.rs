@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +13,7 @@ use hookstream_projector::projection::{dump, generation};
 use hookstream_projector::rebuild::progress::{ProgressMode, ProgressReport};
 use hookstream_projector::rebuild::replay::{ReplayOptions, ReplaySource, replay};
 use hookstream_projector::rebuild::verify::{self as drift, VerifyOptions};
+use hookstream_shared::kafka::message;
 use hookstream_tests::{
     check_entitlements, generate, polarsim_command, polarsim_verify, read_events, sdk_members_check,
 };
@@ -64,13 +64,9 @@ fn topic_ids(
     let deadline = Instant::now() + within;
     while ids.values().sum::<usize>() < expected && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100))
-            && let Some(id) = m
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == "webhook-id"))
-                .and_then(|h| h.value)
+            && let Some(id) = message::header_text(&m, message::WEBHOOK_ID)
         {
-            *ids.entry(String::from_utf8_lossy(id).into_owned())
-                .or_default() += 1;
+            *ids.entry(id).or_default() += 1;
         }
     }
     ids

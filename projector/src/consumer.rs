@@ -49,6 +49,7 @@ use hookstream_shared::kafka::{KafkaSettings, message as kafka_message};
 use crate::applied::{self, Placement};
 use crate::config::ConsumerSettings;
 use crate::metrics::ProjectorMetrics;
+use crate::offsets;
 use crate::projection::from_log::{self, Target};
 use crate::projection::{self, IncomingEvent, generation};
 use crate::{changes, feed};
@@ -287,7 +288,7 @@ impl ProjectorContext {
             "the partition ends before the stored offset: the topic was recreated or the broker lost its data; \
              starting the partition over and re-applying the event log"
         );
-        let restarted = self.runtime.block_on(restart_position(
+        let restarted = self.runtime.block_on(offsets::restart(
             &self.pool,
             &self.group,
             &self.topic,
@@ -325,7 +326,7 @@ impl ProjectorContext {
     fn load_offsets_retrying(&self, partitions: &[i32]) -> Option<HashMap<i32, i64>> {
         let mut attempt = 0u32;
         loop {
-            let loaded = self.runtime.block_on(load_offsets(
+            let loaded = self.runtime.block_on(offsets::load(
                 &self.pool,
                 &self.group,
                 &self.topic,
@@ -344,73 +345,6 @@ impl ProjectorContext {
             }
         }
     }
-}
-
-async fn load_offsets(
-    pool: &PgPool,
-    group: &str,
-    topic: &str,
-    partitions: &[i32],
-) -> sqlx::Result<HashMap<i32, i64>> {
-    let rows = sqlx::query_as!(
-        StoredOffset,
-        "select partition, next_offset from projector_offsets
-         where consumer_group = $1 and topic = $2 and partition = any($3)",
-        group,
-        topic,
-        partitions
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.partition, r.next_offset))
-        .collect())
-}
-
-/// Moves a partition's stored position from `expected` to `restart` (its
-/// audit starting over there), if it is still `expected`.
-async fn restart_position(
-    pool: &PgPool,
-    group: &str,
-    topic: &str,
-    partition: i32,
-    expected: i64,
-    restart: i64,
-) -> sqlx::Result<bool> {
-    let moved = sqlx::query!(
-        "update projector_offsets
-         set next_offset = $5, first_offset = $5, messages_applied = 0, updated_at = now()
-         where consumer_group = $1 and topic = $2 and partition = $3 and next_offset = $4",
-        group,
-        topic,
-        partition,
-        expected,
-        restart
-    )
-    .execute(pool)
-    .await?;
-    Ok(moved.rows_affected() == 1)
-}
-
-/// Messages of `topic` that the consumer group's stored positions passed
-/// without applying them, from the audit columns of `projector_offsets`.
-/// Always 0 unless Kafka lost messages before they were applied (a gap,
-/// recovered from the event log instead). Partitions whose audit began before
-/// the audit existed are left out.
-pub async fn messages_passed_over(pool: &PgPool, topic: &str) -> sqlx::Result<i64> {
-    sqlx::query_scalar!(
-        r#"select coalesce(sum(next_offset - first_offset - messages_applied), 0)::bigint as "passed_over!"
-           from projector_offsets where topic = $1 and first_offset is not null"#,
-        topic
-    )
-    .fetch_one(pool)
-    .await
-}
-
-struct StoredOffset {
-    partition: i32,
-    next_offset: i64,
 }
 
 /// A message taken off the topic, waiting for its batch.
@@ -738,22 +672,16 @@ impl ConsumeLoop {
             let mut tx = context.pool.begin().await?;
             let generation = generation::lock_live(&mut tx).await?;
             let partitions: Vec<i32> = next_offsets.keys().copied().collect();
-            let stored = sqlx::query_as!(
-                StoredOffset,
-                "select partition, next_offset from projector_offsets
-                 where consumer_group = $1 and topic = $2 and partition = any($3)
-                 for update",
-                context.group,
-                context.topic,
-                &partitions
-            )
-            .fetch_all(&mut *tx)
-            .await?;
-            let stored: HashMap<i32, i64> = stored.into_iter().map(|r| (r.partition, r.next_offset)).collect();
+            let stored =
+                offsets::lock(&mut tx, &context.group, &context.topic, &partitions).await?;
             for &partition in &partitions {
                 let expected_next = expected.get(&partition).and_then(|position| position.next);
                 if stored.get(&partition).copied() != expected_next {
-                    return Err(BatchError::Fenced { partition, stored: stored.get(&partition).copied(), expected: expected_next });
+                    return Err(BatchError::Fenced {
+                        partition,
+                        stored: stored.get(&partition).copied(),
+                        expected: expected_next,
+                    });
                 }
             }
             let outcome = projection::apply(&mut tx, &generation, &events).await?;
@@ -767,29 +695,16 @@ impl ConsumeLoop {
             {
                 feed_lag = feed::lag_seconds(&mut tx, oldest).await?;
             }
-            let offsets: Vec<i64> = partitions.iter().map(|p| next_offsets[p]).collect();
-            let firsts: Vec<i64> = partitions.iter().map(|p| first_offsets[p]).collect();
-            let counts: Vec<i64> = partitions.iter().map(|p| applied_counts[p]).collect();
-            // The audit (first_offset, messages_applied) moves with the position.
-            sqlx::query!(
-                "insert into projector_offsets
-                     (consumer_group, topic, partition, next_offset, first_offset, messages_applied)
-                 select $1, $2, partition, next_offset, first_offset, applied
-                 from unnest($3::int4[], $4::int8[], $5::int8[], $6::int8[])
-                     as u(partition, next_offset, first_offset, applied)
-                 on conflict (consumer_group, topic, partition)
-                 do update set next_offset = excluded.next_offset,
-                     messages_applied = projector_offsets.messages_applied + excluded.messages_applied,
-                     updated_at = now()",
-                context.group,
-                context.topic,
-                &partitions,
-                &offsets,
-                &firsts,
-                &counts
-            )
-            .execute(&mut *tx)
-            .await?;
+            let advances: Vec<offsets::Advance> = partitions
+                .iter()
+                .map(|p| offsets::Advance {
+                    partition: *p,
+                    next_offset: next_offsets[p],
+                    first_offset: first_offsets[p],
+                    applied: applied_counts[p],
+                })
+                .collect();
+            offsets::advance(&mut tx, &context.group, &context.topic, &advances).await?;
             tx.commit().await?;
             Ok::<_, BatchError>((outcome, feed_lag))
         })?;
@@ -889,7 +804,7 @@ impl ConsumeLoop {
         }
         let stored = context
             .runtime
-            .block_on(load_offsets(
+            .block_on(offsets::load(
                 &context.pool,
                 &context.group,
                 &context.topic,

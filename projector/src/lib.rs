@@ -19,6 +19,7 @@ pub mod console;
 pub mod consumer;
 pub mod feed;
 pub mod metrics;
+pub mod offsets;
 pub mod projection;
 pub mod push;
 pub mod rebuild;

@@ -342,7 +342,7 @@ pub async fn run(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
         .fetch_all(&pool)
         .await?;
     // An invariant of the stored positions at every moment, caught up or not.
-    report.passed_over = hookstream_projector::consumer::messages_passed_over(&pool, TOPIC).await?;
+    report.passed_over = hookstream_projector::offsets::messages_passed_over(&pool, TOPIC).await?;
     pool.close().await;
     let logged_set: BTreeSet<&str> = logged.iter().map(String::as_str).collect();
     report.lost = events

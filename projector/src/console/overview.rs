@@ -10,6 +10,8 @@ use maud::{Markup, html};
 
 use hookstream_shared::event_log;
 
+use crate::offsets;
+
 use super::layout::{self, Page, event_link, time};
 use super::session::Operator;
 use super::{ConsoleError, ConsoleState, PREFIX};
@@ -104,13 +106,6 @@ fn chart(id: &str, buckets: &[Bucket], label: impl Fn(&Bucket) -> String) -> Mar
 }
 
 #[derive(Debug, sqlx::FromRow)]
-struct PartitionRow {
-    partition: i32,
-    next_offset: i64,
-    updated_at: DateTime<Utc>,
-}
-
-#[derive(Debug, sqlx::FromRow)]
 struct Run {
     started_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
@@ -168,14 +163,7 @@ pub async fn page(
     let pool = &state.api.pool;
     let hour = traffic(&state, Duration::minutes(1), 60).await?;
     let day = traffic(&state, Duration::hours(1), 24).await?;
-    let partitions: Vec<PartitionRow> = sqlx::query_as(
-        "select partition, next_offset, updated_at from projector_offsets
-         where consumer_group = $1 and topic = $2 order by partition",
-    )
-    .bind(&state.group)
-    .bind(&state.topic)
-    .fetch_all(pool)
-    .await?;
+    let partitions = offsets::all(pool, &state.group, &state.topic).await?;
     let lag = lag_by_partition(&state);
     let backlog = event_log::backlog(pool).await?;
     let (failures, newest_failure): (i64, Option<i64>) =

@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use hookstream_shared::kafka::KafkaSettings;
 
 use super::GenerationFill;
+use super::apply_counted;
 use super::progress::ProgressReport;
-use super::replay::apply_counted;
 use crate::consumer::event_from_message;
+use crate::offsets;
 use crate::projection::IncomingEvent;
 use crate::projection::generation::Generation;
 
@@ -205,14 +206,13 @@ impl KafkaReplay {
         generation: &Generation,
         progress: &mut ProgressReport,
     ) -> anyhow::Result<()> {
-        let stored: Vec<(i32, i64)> = sqlx::query_as(
-            "select partition, next_offset from projector_offsets where consumer_group = $1 and topic = $2",
-        )
-        .bind(group)
-        .bind(&self.topic)
-        .fetch_all(&mut *tx)
-        .await?;
-        for (partition, next_offset) in stored {
+        let stored = offsets::all(&mut *tx, group, &self.topic).await?;
+        for offsets::StoredPosition {
+            partition,
+            next_offset,
+            ..
+        } in stored
+        {
             anyhow::ensure!(
                 self.targets.contains_key(&partition),
                 "the live consumer has applied partition {partition}, which the topic no longer has"

@@ -27,7 +27,7 @@ use crate::projection::decode::{ObjectChange, StateChange};
 use crate::projection::from_log::LogCursor;
 use crate::projection::generation::{self, Generation};
 use crate::projection::store::{self, Whose};
-use crate::projection::{IncomingEvent, Reduction, is_caused_by_data};
+use crate::projection::{self, BatchOutcome, IncomingEvent, Reduction, is_caused_by_data};
 use progress::ProgressReport;
 
 /// Session advisory lock held for a whole replay or verify.
@@ -279,4 +279,20 @@ pub async fn fill_from_log(
         *cursor = reader_cursor;
     }
     Ok(applied)
+}
+
+/// Applies a chunk into a generation being built and counts it in the
+/// progress report; what both replay sources share.
+async fn apply_counted(
+    tx: &mut sqlx::PgConnection,
+    generation: &Generation,
+    events: &[IncomingEvent],
+    progress: &mut ProgressReport,
+) -> anyhow::Result<BatchOutcome> {
+    if events.is_empty() {
+        return Ok(BatchOutcome::default());
+    }
+    let outcome = projection::apply(tx, generation, events).await?;
+    progress.advance(events.len() as u64);
+    Ok(outcome)
 }

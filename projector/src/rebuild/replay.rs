@@ -23,10 +23,9 @@ use hookstream_shared::kafka::KafkaSettings;
 
 use super::from_kafka::KafkaReplay;
 use super::progress::ProgressReport;
-use super::{GenerationFill, RebuildLock, drop_abandoned, fill_from_log, log_size};
+use super::{GenerationFill, RebuildLock, apply_counted, drop_abandoned, fill_from_log, log_size};
 use crate::projection::from_log::{LogCursor, log_head};
 use crate::projection::generation::{self, Generation};
-use crate::projection::{self, BatchOutcome};
 use crate::{changes, feed};
 
 /// Where a replay reads events from.
@@ -240,20 +239,6 @@ async fn lock_live_for_switch(tx: &mut sqlx::PgConnection) -> anyhow::Result<()>
         .fetch_optional(&mut *tx)
         .await?;
     Ok(())
-}
-
-pub(super) async fn apply_counted(
-    tx: &mut sqlx::PgConnection,
-    generation: &Generation,
-    events: &[projection::IncomingEvent],
-    progress: &mut ProgressReport,
-) -> anyhow::Result<BatchOutcome> {
-    if events.is_empty() {
-        return Ok(BatchOutcome::default());
-    }
-    let outcome = projection::apply(tx, generation, events).await?;
-    progress.advance(events.len() as u64);
-    Ok(outcome)
 }
 
 /// Makes `generation` live and tells every replica's cache to start over.

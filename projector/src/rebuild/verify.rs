@@ -14,8 +14,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use super::apply_counted;
 use super::progress::ProgressReport;
-use super::replay::apply_counted;
 use super::{GenerationFill, RebuildLock, drop_abandoned, fill_from_log, log_size};
 use crate::projection::dump::{self, RowDifference};
 use crate::projection::from_log::{LogCursor, log_head};

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use hookstream_projector::projection::{IncomingEvent, dump, generation};
 use hookstream_projector::rebuild::DEFAULT_MEMORY_BUDGET;
-use hookstream_projector::{Application, ProjectorConfig, consumer};
+use hookstream_projector::{Application, ProjectorConfig, offsets};
 use hookstream_shared::config::Settings;
 use hookstream_shared::envelope;
 use hookstream_shared::kafka::EmbeddedKafka;
@@ -191,7 +191,7 @@ async fn wait_consumed(pool: &PgPool, topic: &str, count: usize, within: Duratio
 /// The live generation equals in-order application of `events`, and the
 /// consumer's audit shows no message passed over.
 async fn assert_live_equals_in_order(pool: &PgPool, topic: &str, events: &[IncomingEvent]) {
-    let passed_over = consumer::messages_passed_over(pool, topic).await.unwrap();
+    let passed_over = offsets::messages_passed_over(pool, topic).await.unwrap();
     assert_eq!(passed_over, 0, "messages passed over without being applied");
     let reference = generation::create(pool, "test").await.unwrap();
     apply_into(pool, &reference, events, 1).await;
@@ -1326,7 +1326,7 @@ async fn a_topic_recreated_under_the_stored_offsets_is_started_over_and_recovere
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let passed_over = consumer::messages_passed_over(&pool, &after.name)
+    let passed_over = offsets::messages_passed_over(&pool, &after.name)
         .await
         .unwrap();
     assert_eq!(passed_over, 0, "the audit starts over with the partition");

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use hookstream_shared::db;
 use hookstream_shared::event_log::{self, LoggedEvent};
 use hookstream_shared::kafka::{self, KafkaSettings, message};
+use hookstream_shared::retry::Retry;
 
 use crate::config::RelaySettings;
 use crate::metrics::IngestMetrics;
@@ -198,13 +199,13 @@ impl Relay {
 
     /// Campaigns for the lead and, while leading, sweeps the outbox.
     async fn sweep(&self, stop: &CancellationToken) {
-        let mut failures = 0u32;
+        let mut retry = relay_retry();
         loop {
             match db::try_lead(&self.connect, LEADER_LOCK_KEY).await {
                 Ok(Some(mut lock_connection)) => {
                     tracing::info!("relay leads: sweeping the outbox");
                     self.metrics.relay_leader.set(1);
-                    failures = 0;
+                    retry.reset();
                     let outcome = self.lead(&mut lock_connection, stop).await;
                     self.metrics.relay_leader.set(0);
                     let _ = lock_connection.close().await;
@@ -226,13 +227,12 @@ impl Relay {
                     }
                 }
                 Err(e) => {
-                    failures += 1;
                     tracing::warn!(error = format!("{e:#}"), "relay cannot reach the database");
                     if stop.is_cancelled() {
                         return;
                     }
                     tokio::select! {
-                        () = tokio::time::sleep(retry_delay(failures)) => {}
+                        () = tokio::time::sleep(retry.after_failure()) => {}
                         () = stop.cancelled() => {}
                     }
                 }
@@ -255,7 +255,7 @@ impl Relay {
         }
         let batch_size = i64::try_from(self.settings.batch_size).unwrap_or(i64::MAX);
         let sweep_after = chrono::Duration::from_std(self.settings.sweep_after).unwrap_or_default();
-        let mut failures = 0u32;
+        let mut retry = relay_retry();
         let mut last_measured: Option<Instant> = None;
         loop {
             if last_measured.is_none_or(|t| t.elapsed() >= BACKLOG_MEASURE_INTERVAL) {
@@ -290,16 +290,15 @@ impl Relay {
                 self.metrics.relay_swept.inc_by(published.len() as u64);
             }
             if failed > 0 {
-                failures += 1;
                 if draining {
                     return Ok(());
                 }
                 tokio::select! {
-                    () = tokio::time::sleep(retry_delay(failures)) => {}
+                    () = tokio::time::sleep(retry.after_failure()) => {}
                     () = stop.cancelled() => {}
                 }
             } else {
-                failures = 0;
+                retry.reset();
             }
         }
     }
@@ -354,8 +353,7 @@ impl Relay {
     }
 }
 
-/// 200 ms doubling to at most 10 s.
-fn retry_delay(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(6);
-    Duration::from_millis(200 * (1 << exponent)).min(Duration::from_secs(10))
+/// About 200 ms, doubling to at most 10 s.
+fn relay_retry() -> Retry {
+    Retry::new(Duration::from_millis(200), Duration::from_secs(10))
 }

@@ -53,6 +53,7 @@ use crate::offsets;
 use crate::projection::from_log::{self, Target};
 use crate::projection::{self, IncomingEvent, generation};
 use crate::{changes, feed};
+use hookstream_shared::retry::Retry;
 
 /// Where each assigned partition stands.
 type Positions = HashMap<i32, Position>;
@@ -325,6 +326,7 @@ impl ProjectorContext {
     /// assignment cannot proceed without them. `None` when asked to stop.
     fn load_offsets_retrying(&self, partitions: &[i32]) -> Option<HashMap<i32, i64>> {
         let mut attempt = 0u32;
+        let mut retry = Retry::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let loaded = self.runtime.block_on(offsets::load(
                 &self.pool,
@@ -340,7 +342,7 @@ impl ProjectorContext {
                     if self.stop.is_cancelled() {
                         return None;
                     }
-                    std::thread::sleep(Duration::from_millis(200 * u64::from(attempt.min(25))));
+                    std::thread::sleep(retry.after_failure());
                 }
             }
         }
@@ -439,6 +441,9 @@ struct ConsumeLoop {
 impl ConsumeLoop {
     fn run(self) {
         let mut failures = 0u32;
+        // One policy for both kinds of failure: they share a cause (the
+        // database or the broker is away), and a success of either resets it.
+        let mut retry = Retry::new(Duration::from_millis(100), Duration::from_secs(5));
         while !self.stop.is_cancelled() {
             if self.context().backfill_needed.swap(false, Ordering::AcqRel)
                 && let Err(e) = self.backfill()
@@ -464,7 +469,7 @@ impl ConsumeLoop {
                     failures,
                     "cannot seek back to the stored offsets; will retry before applying those partitions"
                 );
-                self.pause(failures);
+                self.pause(retry.after_failure());
             }
             let batch = self.gather();
             if batch.is_empty() {
@@ -472,7 +477,10 @@ impl ConsumeLoop {
             }
             let partitions: Vec<i32> = batch.iter().map(|m| m.partition).collect();
             match self.apply(batch) {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    failures = 0;
+                    retry.reset();
+                }
                 Err(e) => {
                     failures += 1;
                     self.context().metrics.batch_errors.inc();
@@ -482,7 +490,7 @@ impl ConsumeLoop {
                         "batch not applied; will re-read it"
                     );
                     self.mark_lost(&partitions);
-                    self.pause(failures);
+                    self.pause(retry.after_failure());
                 }
             }
         }
@@ -492,11 +500,9 @@ impl ConsumeLoop {
         tracing::info!("consumer stopped");
     }
 
-    /// Waits longer the more consecutive failures there were, or until asked
-    /// to stop. librdkafka heartbeats from its own thread, so a pause without
-    /// polling does not cost the assignment.
-    fn pause(&self, failures: u32) {
-        let pause = Duration::from_millis(100 * u64::from(failures.min(50)));
+    /// Waits `pause`, or until asked to stop. librdkafka heartbeats from its
+    /// own thread, so a pause without polling does not cost the assignment.
+    fn pause(&self, pause: Duration) {
         let deadline = Instant::now() + pause;
         while Instant::now() < deadline && !self.stop.is_cancelled() {
             std::thread::sleep(Duration::from_millis(50));

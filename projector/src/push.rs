@@ -18,8 +18,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backoff::backoff::Backoff as _;
 use hookstream_shared::config::{ConfigError, Secret, Settings};
+use hookstream_shared::retry::Retry;
 use hookstream_shared::{db, signing};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
@@ -214,12 +214,7 @@ impl Pusher {
         };
         let id = format!("change_{}", change.cursor);
         let key = signing::standard_key(self.settings.secret.expose()).unwrap_or_default();
-        let mut retry = backoff::ExponentialBackoff {
-            initial_interval: Duration::from_millis(200),
-            max_interval: MAX_RETRY_INTERVAL,
-            max_elapsed_time: None,
-            ..backoff::ExponentialBackoff::default()
-        };
+        let mut retry = Retry::new(Duration::from_millis(200), MAX_RETRY_INTERVAL);
         let mut failures = 0u32;
         loop {
             let timestamp = SystemTime::now()
@@ -277,7 +272,7 @@ impl Pusher {
             let pause = if failures >= self.settings.park_after {
                 MAX_RETRY_INTERVAL
             } else {
-                retry.next_backoff().unwrap_or(MAX_RETRY_INTERVAL)
+                retry.after_failure()
             };
             tokio::select! {
                 () = self.stop.cancelled() => return false,

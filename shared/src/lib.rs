@@ -21,6 +21,7 @@ pub mod event_log;
 pub mod http;
 pub mod kafka;
 pub mod progress;
+pub mod retry;
 pub mod shutdown;
 pub mod signing;
 pub mod telemetry;

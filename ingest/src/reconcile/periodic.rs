@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use hookstream_shared::db;
 use hookstream_shared::progress::{ProgressMode, ProgressReport};
+use hookstream_shared::retry::Retry;
 
 use super::polar_api::PolarApi;
 use super::{ReconcileOptions, Reconciler};
@@ -95,6 +96,8 @@ impl PeriodicReconcile {
     async fn lead(&self, mut lock: PgConnection, stop: &CancellationToken) -> anyhow::Result<()> {
         let pool = self.reconciler.pool.clone();
         let mut failures = 0u32;
+        // Never longer than the interval itself between tries.
+        let mut retry = Retry::new(FIRST_RETRY, self.schedule.interval.max(FIRST_RETRY));
         let mut retry_at: Option<tokio::time::Instant> = None;
         // Once per disablement: the endpoint must be seen enabled again
         // before another disablement triggers another run.
@@ -145,12 +148,12 @@ impl PeriodicReconcile {
                 match self.run_once(stop).await {
                     Ok(()) => {
                         failures = 0;
+                        retry.reset();
                         retry_at = None;
                     }
                     Err(e) => {
                         failures += 1;
-                        let wait = FIRST_RETRY * 2u32.saturating_pow(failures.min(6) - 1);
-                        let wait = wait.min(self.schedule.interval.max(FIRST_RETRY));
+                        let wait = retry.after_failure();
                         tracing::error!(error = format!("{e:#}"), failures, retry_in = ?wait, "reconcile failed");
                         retry_at = Some(tokio::time::Instant::now() + wait);
                     }

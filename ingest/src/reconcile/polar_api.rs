@@ -9,12 +9,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use backoff::backoff::Backoff as _;
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, DATE, RETRY_AFTER};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+use hookstream_shared::retry::Retry;
 
 use crate::config::PolarApiSettings;
 
@@ -186,12 +187,11 @@ impl PolarApi {
     /// `GET path`: any final answer (2xx or 4xx other than 401/403) after
     /// pacing, 429 waits and retries.
     pub async fn get(&self, path: &str) -> Result<Answer, ApiError> {
-        let mut backoff = backoff::ExponentialBackoff {
-            initial_interval: Duration::from_millis(500),
-            max_interval: Duration::from_secs(10),
-            max_elapsed_time: Some(self.retry_for),
-            ..Default::default()
-        };
+        let mut backoff = Retry::within(
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+            self.retry_for,
+        );
         loop {
             self.wait_for_slot().await;
             match self.attempt(path).await {
@@ -206,7 +206,7 @@ impl PolarApi {
                     );
                     self.hold_all_requests(wait);
                 }
-                Attempt::Transient(reason) => match backoff.next_backoff() {
+                Attempt::Transient(reason) => match backoff.next_delay() {
                     Some(delay) => {
                         self.stats.retries.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(path, %reason, retry_in = ?delay, "Polar's API failed; retrying");

@@ -48,6 +48,37 @@ pub fn polarsim_command(subcommand: &str) -> anyhow::Result<Command> {
     Ok(command)
 }
 
+/// What `polarsim send` did: whether it exited successfully, and its
+/// report (stdout) and stderr.
+#[derive(Debug)]
+pub struct Sent {
+    pub success: bool,
+    pub report: String,
+    pub stderr: String,
+}
+
+/// Runs `polarsim send` of `dir/events.jsonl` to `url`, signed with
+/// `secret` as Polar signs, with `args` (duplicates, reordering, gaps...),
+/// off the async runtime the services under test run on.
+pub async fn polarsim_send(
+    dir: &Path,
+    url: &str,
+    secret: &str,
+    args: &[&str],
+) -> anyhow::Result<Sent> {
+    let mut command = polarsim_command("send")?;
+    command
+        .arg(dir.join("events.jsonl"))
+        .args(["--url", url, "--secret", secret])
+        .args(args);
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
+    Ok(Sent {
+        success: output.status.success(),
+        report: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
 /// Runs `polarsim verify` of `dir/expected.json` against a read API (Polar's
 /// SDK, polling for up to 60 s), off the async runtime the services under
 /// test run on. Returns whether it passed and its stdout.

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 
 use hookstream_local::Pipeline;
 use hookstream_shared::signing;
-use hookstream_tests::{generate, polarsim_command, read_events};
+use hookstream_tests::{generate, polarsim_send, read_events};
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
 const API_TOKEN: &str = "console-api-token-1";
@@ -214,10 +214,11 @@ async fn an_operator_finds_why_a_customer_has_access_and_reapplies_a_failure_in_
         .unwrap();
     let ingest = format!("http://{}/webhooks/polar", pipeline.ingest_address);
     let console = format!("http://{}/console/", pipeline.projector_address);
-    let mut send = polarsim_command("send").unwrap();
-    send.arg(dir.join("events.jsonl"))
-        .args(["--url", &ingest, "--secret", SECRET])
-        .args([
+    let sent = polarsim_send(
+        &dir,
+        &ingest,
+        SECRET,
+        &[
             "--dup-rate",
             "0.2",
             "--reorder-window",
@@ -225,16 +226,11 @@ async fn an_operator_finds_why_a_customer_has_access_and_reapplies_a_failure_in_
             "--seed",
             "3",
             "--quiet",
-        ]);
-    let sent = tokio::task::spawn_blocking(move || send.output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(sent.success, "{}", sent.stderr);
     // A webhook the projector cannot apply: a subscription whose status is
     // a number.
     let broken = json!({

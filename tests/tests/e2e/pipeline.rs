@@ -15,7 +15,7 @@ use hookstream_projector::rebuild::replay::{ReplayOptions, ReplaySource, replay}
 use hookstream_projector::rebuild::verify::{self as drift, VerifyOptions};
 use hookstream_shared::kafka::message;
 use hookstream_tests::{
-    check_entitlements, generate, polarsim_command, polarsim_verify, read_events, sdk_members_check,
+    check_entitlements, generate, polarsim_send, polarsim_verify, read_events, sdk_members_check,
 };
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
@@ -92,10 +92,11 @@ async fn a_polarsim_stream_with_duplicates_and_reordering_ends_in_the_true_state
 
     // Deliver like Polar: signed with the raw secret, 20% delivered twice,
     // shuffled within windows of 50, retried on any non-2xx.
-    let mut send = polarsim_command("send").unwrap();
-    send.arg(dir.join("events.jsonl"))
-        .args(["--url", &ingest_url, "--secret", SECRET])
-        .args([
+    let sent = polarsim_send(
+        &dir,
+        &ingest_url,
+        SECRET,
+        &[
             "--dup-rate",
             "0.2",
             "--reorder-window",
@@ -104,17 +105,15 @@ async fn a_polarsim_stream_with_duplicates_and_reordering_ends_in_the_true_state
             "16",
             "--seed",
             "9",
-        ]);
-    // Off the runtime: the services under test run on it.
-    let send = tokio::task::spawn_blocking(move || send.output())
-        .await
-        .unwrap()
-        .unwrap();
-    let report = String::from_utf8_lossy(&send.stdout).into_owned();
+        ],
+    )
+    .await
+    .unwrap();
+    let report = sent.report;
     assert!(
-        send.status.success(),
+        sent.success,
         "polarsim send failed:\n{report}\n{}",
-        String::from_utf8_lossy(&send.stderr)
+        sent.stderr
     );
 
     // Every event is in the log exactly once, body byte for byte.

@@ -16,7 +16,7 @@ use hookstream_local::Pipeline;
 use hookstream_projector::rebuild::progress::{ProgressMode, ProgressReport};
 use hookstream_projector::rebuild::verify::{self as drift, VerifyOptions};
 use hookstream_shared::config::Settings;
-use hookstream_tests::{ServeApi, generate, polarsim_command, polarsim_verify};
+use hookstream_tests::{ServeApi, generate, polarsim_send, polarsim_verify};
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
 const TOKEN: &str = "e2e-token-123";
@@ -104,34 +104,26 @@ async fn send(dir: &Path, pipeline: &Pipeline, args: &[&str]) -> String {
 }
 
 async fn send_to(dir: &Path, url: &str, args: &[&str], must_succeed: bool) -> String {
-    let mut command = polarsim_command("send").unwrap();
-    command
-        .arg(dir.join("events.jsonl"))
-        .args(["--url", url, "--secret", SECRET])
-        .args([
-            "--dup-rate",
-            "0.2",
-            "--reorder-window",
-            "50",
-            "--concurrency",
-            "16",
-            "--seed",
-            "4",
-        ])
-        .args(args);
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut all = vec![
+        "--dup-rate",
+        "0.2",
+        "--reorder-window",
+        "50",
+        "--concurrency",
+        "16",
+        "--seed",
+        "4",
+    ];
+    all.extend_from_slice(args);
+    let sent = polarsim_send(dir, url, SECRET, &all).await.unwrap();
     if must_succeed {
         assert!(
-            output.status.success(),
-            "polarsim send failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
+            sent.success,
+            "polarsim send failed:\n{}\n{}",
+            sent.report, sent.stderr
         );
     }
-    stdout
+    sent.report
 }
 
 /// `polarsim verify` against the read API: the true state through Polar's SDK.

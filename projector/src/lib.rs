@@ -1,11 +1,13 @@
 //! hookstream projector: Kafka in, Polar state in Postgres out, served in
 //! Polar's own API shapes.
 //!
-//! - [`consumer`] reads the topic and applies batches exactly once (offsets
-//!   stored with the changes).
+//! - [`consumer`] reads the topic and applies batches exactly once, its
+//!   positions ([`offsets`]) stored with the changes.
 //! - [`projection`] decodes events and writes versioned rows into a generation.
 //! - [`api`] serves reads from the live generation; [`changes`] tells every
-//!   replica's read caches what a batch changed.
+//!   replica's read caches what a batch changed, [`feed`] keeps the change
+//!   feed and [`push`] sends it to the app.
+//! - [`rebuild`] replays, verifies and re-applies from the event log.
 //! - [`console`] is the operator's web console; [`applied`] records what it
 //!   shows of the consumer's work.
 //! - [`app`] wires them into one service; [`config`] and [`metrics`] support it.

@@ -2,15 +2,15 @@
 //! what came in, and what failed, on server-rendered pages in the
 //! projector's own process (off with `PROJECTOR_CONSOLE=false`).
 //!
-//! - [`overview`]: traffic, lag, backlog, failures, reconcile, generations.
-//! - [`customers`]: search, a customer's state and timeline, the benefit
+//! - `overview`: traffic, lag, backlog, failures, reconcile, generations.
+//! - `customers`: search, a customer's state and timeline, the benefit
 //!   check with its reasons.
-//! - [`events`]: one logged event and where it went.
-//! - [`failures`]: apply failures, and re-applying them.
-//! - [`evidence`]: what an event did to the projection (which rows, and
+//! - `events`: one logged event and where it went.
+//! - `failures`: apply failures, and re-applying them.
+//! - `evidence`: what an event did to the projection (which rows, and
 //!   whether its version is still the current one), for the timeline and
 //!   the event page.
-//! - [`session`]: login and CSRF; [`layout`]: the page shell.
+//! - `session`: login and CSRF; `layout`: the page shell.
 //!
 //! Every page needs a login with one of the console's tokens. Nothing
 //! secret is rendered: ingest keeps no signature, and tokens never leave

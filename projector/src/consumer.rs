@@ -177,15 +177,23 @@ impl ConsumerContext for ProjectorContext {
                 let Some(mut stored) = self.load_offsets_retrying(&partitions) else {
                     return; // stopping
                 };
-                // Before the start offsets are set: a partition recreated
-                // under its stored offset starts over at its beginning.
+                // One watermark request per partition, before the start
+                // offsets are set: a partition recreated under its stored
+                // offset starts over at its beginning; one whose beginning is
+                // past its stored offset lost messages, to be backfilled.
                 for &partition in &partitions {
-                    if let Some(&next) = stored.get(&partition)
-                        && let Some((low, high)) = self.watermarks(consumer, partition)
+                    let Some((low, high)) = self.watermarks(consumer, partition) else {
+                        continue;
+                    };
+                    let next = stored.get(&partition).copied();
+                    if let Some(next) = next
                         && high < next
-                        && let Some(restart) = self.restart_recreated(partition, next, low, high)
                     {
-                        stored.insert(partition, restart);
+                        if let Some(restart) = self.restart_recreated(partition, next, low, high) {
+                            stored.insert(partition, restart);
+                        }
+                    } else if next.unwrap_or(0) < low {
+                        self.record_gap(partition, next.unwrap_or(0), low);
                     }
                 }
                 for &partition in &partitions {
@@ -204,13 +212,6 @@ impl ConsumerContext for ProjectorContext {
                             Position::placed_at(stored.get(&partition).copied()),
                         );
                     }
-                }
-                for &partition in &partitions {
-                    self.check_for_gap(
-                        consumer,
-                        partition,
-                        stored.get(&partition).copied().unwrap_or(0),
-                    );
                 }
                 tracing::info!(
                     ?partitions,
@@ -244,23 +245,13 @@ impl ConsumerContext for ProjectorContext {
 }
 
 impl ProjectorContext {
-    /// Flags a backfill if messages from `next` on are no longer in the
-    /// partition (its low watermark is past them). Blocks for one request to
-    /// the broker; runs on the consumer thread.
-    fn check_for_gap(&self, consumer: &BaseConsumer<Self>, partition: i32, next: i64) {
-        if let Some(low) = self.low_watermark(consumer, partition)
-            && next < low
-        {
-            self.record_gap(partition, next, low);
-        }
-    }
-
     /// The earliest offset the broker still holds, `None` if it cannot say.
     fn low_watermark(&self, consumer: &BaseConsumer<Self>, partition: i32) -> Option<i64> {
         self.watermarks(consumer, partition).map(|(low, _)| low)
     }
 
     /// The partition's earliest offset and the offset after its last message.
+    /// Blocks for one request to the broker; runs on the consumer thread.
     fn watermarks(&self, consumer: &BaseConsumer<Self>, partition: i32) -> Option<(i64, i64)> {
         match consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(5)) {
             Ok(marks) => Some(marks),

@@ -131,6 +131,20 @@ impl LogCursor {
     }
 }
 
+/// The logged events with these seqs, in seq order.
+pub async fn events_at(
+    connection: &mut PgConnection,
+    seqs: &[i64],
+) -> sqlx::Result<Vec<IncomingEvent>> {
+    let rows: Vec<LogRow> = sqlx::query_as(
+        "select seq, webhook_id, body from event_log where seq = any($1) order by seq",
+    )
+    .bind(seqs)
+    .fetch_all(&mut *connection)
+    .await?;
+    Ok(rows.into_iter().map(IncomingEvent::from).collect())
+}
+
 /// `ranges` without the (ascending) seqs in `found`.
 fn remove_found(ranges: &[(i64, i64)], found: &[i64]) -> Vec<(i64, i64)> {
     let mut remaining = Vec::with_capacity(ranges.len());

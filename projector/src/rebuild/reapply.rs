@@ -11,7 +11,7 @@
 use sqlx::PgPool;
 
 use crate::changes;
-use crate::projection::{self, IncomingEvent, generation};
+use crate::projection::{self, from_log, generation};
 
 /// What a re-apply did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,19 +53,7 @@ pub async fn reapply_failures(
     if taken.is_empty() {
         return Ok(Reapplied::default());
     }
-    let events: Vec<IncomingEvent> = sqlx::query_as::<_, (i64, String, Vec<u8>)>(
-        "select seq, webhook_id, body from event_log where seq = any($1) order by seq",
-    )
-    .bind(&taken)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|(seq, webhook_id, body)| IncomingEvent {
-        seq,
-        webhook_id,
-        body,
-    })
-    .collect();
+    let events = from_log::events_at(&mut tx, &taken).await?;
     let outcome = projection::apply(&mut tx, &live, &events).await?;
     let still_failing: Vec<(i64, String)> = sqlx::query_as(&format!(
         "select seq, reason from {} where seq = any($1) order by seq",

@@ -48,6 +48,35 @@ pub fn polarsim_command(subcommand: &str) -> anyhow::Result<Command> {
     Ok(command)
 }
 
+/// Settings for `Pipeline::start_with_pool` in an end-to-end run: both
+/// services on free ports, the relay polling every 200 ms, four partitions,
+/// and `extra` on top (replacing a default of the same name).
+pub fn pipeline_settings(
+    topic: &str,
+    secret: &str,
+    api_token: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut settings: Vec<(String, String)> = [
+        ("DATABASE_URL", "postgres://unused@127.0.0.1/unused"),
+        ("KAFKA_TOPIC", topic),
+        ("KAFKA_TOPIC_PARTITIONS", "4"),
+        ("POLAR_WEBHOOK_SECRET", secret),
+        ("PROJECTOR_API_TOKENS", api_token),
+        ("INGEST_LISTEN", "127.0.0.1:0"),
+        ("PROJECTOR_LISTEN", "127.0.0.1:0"),
+        ("RELAY_POLL_INTERVAL_MS", "200"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (name, value) in extra {
+        settings.retain(|(k, _)| k != name);
+        settings.push((name.to_string(), value.to_string()));
+    }
+    settings
+}
+
 /// What `polarsim send` did: whether it exited successfully, and its
 /// report (stdout) and stderr.
 #[derive(Debug)]

@@ -16,30 +16,13 @@ use sqlx::PgPool;
 
 use hookstream_local::Pipeline;
 use hookstream_shared::signing;
-use hookstream_tests::{generate, polarsim_send, read_events};
+use hookstream_tests::{generate, pipeline_settings, polarsim_send, read_events};
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
 const API_TOKEN: &str = "console-api-token-1";
 const CONSOLE_TOKEN: &str = "console-operator-token-1";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-fn settings(topic: &str) -> Vec<(String, String)> {
-    [
-        ("DATABASE_URL", "postgres://unused@127.0.0.1/unused"),
-        ("KAFKA_TOPIC", topic),
-        ("KAFKA_TOPIC_PARTITIONS", "3"),
-        ("POLAR_WEBHOOK_SECRET", SECRET),
-        ("PROJECTOR_API_TOKENS", API_TOKEN),
-        ("PROJECTOR_CONSOLE_TOKENS", CONSOLE_TOKEN),
-        ("INGEST_LISTEN", "127.0.0.1:0"),
-        ("PROJECTOR_LISTEN", "127.0.0.1:0"),
-        ("RELAY_POLL_INTERVAL_MS", "200"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
 
 /// chromedriver on a free port, killed when dropped.
 struct Driver {
@@ -209,9 +192,20 @@ async fn an_operator_finds_why_a_customer_has_access_and_reapplies_a_failure_in_
     let benefit_id = truth["granted_benefit_ids"][0].as_str().unwrap();
 
     let topic = format!("e2e-console-{}", uuid::Uuid::new_v4());
-    let pipeline = Pipeline::start_with_pool(settings(&topic), pool.clone())
-        .await
-        .unwrap();
+    let pipeline = Pipeline::start_with_pool(
+        pipeline_settings(
+            &topic,
+            SECRET,
+            API_TOKEN,
+            &[
+                ("KAFKA_TOPIC_PARTITIONS", "3"),
+                ("PROJECTOR_CONSOLE_TOKENS", CONSOLE_TOKEN),
+            ],
+        ),
+        pool.clone(),
+    )
+    .await
+    .unwrap();
     let ingest = format!("http://{}/webhooks/polar", pipeline.ingest_address);
     let console = format!("http://{}/console/", pipeline.projector_address);
     let sent = polarsim_send(

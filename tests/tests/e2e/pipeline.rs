@@ -15,27 +15,12 @@ use hookstream_projector::rebuild::replay::{ReplayOptions, ReplaySource, replay}
 use hookstream_projector::rebuild::verify::{self as drift, VerifyOptions};
 use hookstream_shared::kafka::message;
 use hookstream_tests::{
-    check_entitlements, generate, polarsim_send, polarsim_verify, read_events, sdk_members_check,
+    check_entitlements, generate, pipeline_settings, polarsim_send, polarsim_verify, read_events,
+    sdk_members_check,
 };
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
 const TOKEN: &str = "e2e-token-123";
-
-fn settings(topic: &str) -> Vec<(String, String)> {
-    [
-        ("DATABASE_URL", "postgres://unused@127.0.0.1/unused"),
-        ("KAFKA_TOPIC", topic),
-        ("KAFKA_TOPIC_PARTITIONS", "4"),
-        ("POLAR_WEBHOOK_SECRET", SECRET),
-        ("PROJECTOR_API_TOKENS", TOKEN),
-        ("INGEST_LISTEN", "127.0.0.1:0"),
-        ("PROJECTOR_LISTEN", "127.0.0.1:0"),
-        ("RELAY_POLL_INTERVAL_MS", "200"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
 
 /// The webhook-id of every message on the topic, with its count.
 fn topic_ids(
@@ -84,9 +69,10 @@ async fn a_polarsim_stream_with_duplicates_and_reordering_ends_in_the_true_state
     let events = read_events(&dir.join("events.jsonl")).unwrap();
 
     let topic = format!("e2e-{}", uuid::Uuid::new_v4());
-    let pipeline = Pipeline::start_with_pool(settings(&topic), pool.clone())
-        .await
-        .unwrap();
+    let pipeline =
+        Pipeline::start_with_pool(pipeline_settings(&topic, SECRET, TOKEN, &[]), pool.clone())
+            .await
+            .unwrap();
     let ingest_url = format!("http://{}/webhooks/polar", pipeline.ingest_address);
     let api_url = format!("http://{}", pipeline.projector_address);
 

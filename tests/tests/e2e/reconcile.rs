@@ -16,7 +16,7 @@ use hookstream_local::Pipeline;
 use hookstream_projector::rebuild::progress::{ProgressMode, ProgressReport};
 use hookstream_projector::rebuild::verify::{self as drift, VerifyOptions};
 use hookstream_shared::config::Settings;
-use hookstream_tests::{ServeApi, generate, polarsim_send, polarsim_verify};
+use hookstream_tests::{ServeApi, generate, pipeline_settings, polarsim_send, polarsim_verify};
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
 const TOKEN: &str = "e2e-token-123";
@@ -27,28 +27,10 @@ const SCAN: ReconcileOptions = ReconcileOptions {
     deliveries: false,
 };
 
-fn pipeline_settings() -> Vec<(String, String)> {
-    [
-        (
-            "DATABASE_URL",
-            "postgres://unused@127.0.0.1/unused".to_owned(),
-        ),
-        (
-            "KAFKA_TOPIC",
-            format!("e2e-reconcile-{}", uuid::Uuid::new_v4()),
-        ),
-        ("KAFKA_TOPIC_PARTITIONS", "4".to_owned()),
-        ("POLAR_WEBHOOK_SECRET", SECRET.to_owned()),
-        ("PROJECTOR_API_TOKENS", TOKEN.to_owned()),
-        ("INGEST_LISTEN", "127.0.0.1:0".to_owned()),
-        ("PROJECTOR_LISTEN", "127.0.0.1:0".to_owned()),
-        ("RELAY_POLL_INTERVAL_MS", "200".to_owned()),
-        // What reconcile appends is published by the relay's sweep.
-        ("RELAY_SWEEP_AFTER_MS", "200".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+fn reconcile_pipeline_settings() -> Vec<(String, String)> {
+    let topic = format!("e2e-reconcile-{}", uuid::Uuid::new_v4());
+    // What reconcile appends is published by the relay's sweep.
+    pipeline_settings(&topic, SECRET, TOKEN, &[("RELAY_SWEEP_AFTER_MS", "200")])
 }
 
 /// A stream of polarsim's, generated once per seed and size.
@@ -165,7 +147,7 @@ async fn an_existing_organization_is_imported_then_kept_current_by_webhooks(pool
     let before_install = (lines(&dir) * 7 / 10).to_string();
     // Polar as it was when hookstream was installed: 70% of the stream.
     let api = ServeApi::start(&dir, API_TOKEN, &["--upto", &before_install]).unwrap();
-    let pipeline = Pipeline::start_with_pool(pipeline_settings(), pool.clone())
+    let pipeline = Pipeline::start_with_pool(reconcile_pipeline_settings(), pool.clone())
         .await
         .unwrap();
     let summary = reconcile(&pool, &polar_settings(&api.url, &[]), SCAN)
@@ -193,7 +175,7 @@ async fn a_disabled_endpoint_is_recovered_by_a_scan_and_a_second_scan_appends_no
     // Polar had the endpoint disabled over the middle third: those events
     // were never created for it, so nothing retries them.
     let dropped = format!("{}:{}", n / 3, 2 * n / 3);
-    let pipeline = Pipeline::start_with_pool(pipeline_settings(), pool.clone())
+    let pipeline = Pipeline::start_with_pool(reconcile_pipeline_settings(), pool.clone())
         .await
         .unwrap();
     let report = send(&dir, &pipeline, &["--drop-range", &dropped]).await;
@@ -226,7 +208,7 @@ async fn customers_deleted_while_the_endpoint_was_disabled_are_removed(pool: PgP
         .iter()
         .position(|e| e.event_type == "customer.deleted")
         .expect("the stream deletes customers");
-    let pipeline = Pipeline::start_with_pool(pipeline_settings(), pool.clone())
+    let pipeline = Pipeline::start_with_pool(reconcile_pipeline_settings(), pool.clone())
         .await
         .unwrap();
     send(&dir, &pipeline, &["--limit", &first_deletion.to_string()]).await;
@@ -292,7 +274,7 @@ async fn failed_deliveries_land_once_and_a_redelivery_changes_nothing(pool: PgPo
     let n = lines(&dir);
     let (from, to) = (n / 2, n / 2 + 60);
     let failed = dir.join("failed-deliveries.txt");
-    let pipeline = Pipeline::start_with_pool(pipeline_settings(), pool.clone())
+    let pipeline = Pipeline::start_with_pool(reconcile_pipeline_settings(), pool.clone())
         .await
         .unwrap();
     send(&dir, &pipeline, &["--drop-range", &format!("{from}:{to}")]).await;
@@ -367,7 +349,7 @@ async fn webhooks_arriving_during_a_reconcile_still_win_when_newer(pool: PgPool)
     let dir = stream(24, 50);
     let before_install = (lines(&dir) / 2).to_string();
     let api = ServeApi::start(&dir, API_TOKEN, &["--upto", &before_install]).unwrap();
-    let pipeline = Pipeline::start_with_pool(pipeline_settings(), pool.clone())
+    let pipeline = Pipeline::start_with_pool(reconcile_pipeline_settings(), pool.clone())
         .await
         .unwrap();
     // A slow scan (2 requests a second) while the rest arrives as webhooks:
@@ -598,7 +580,7 @@ async fn the_periodic_mode_sees_a_disabled_endpoint_and_reconciles_once_for_it(p
     .execute(&pool)
     .await
     .unwrap();
-    let mut settings = pipeline_settings();
+    let mut settings = reconcile_pipeline_settings();
     settings.extend(
         [
             ("INGEST_RECONCILE_INTERVAL", "1h"),

@@ -157,15 +157,24 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
     let Some(presented) = presented else {
         return ApiError::Unauthorized.into_response();
     };
-    let mut matched = subtle::Choice::from(0u8);
-    for token in state.tokens.iter() {
-        matched |= token.expose().as_bytes().ct_eq(presented.as_bytes());
-    }
-    if bool::from(matched) {
+    if matching_token(&state.tokens, presented).is_some() {
         next.run(request).await
     } else {
         ApiError::Unauthorized.into_response()
     }
+}
+
+/// The configured token `presented` is, if any. Every token is compared,
+/// each in constant time, so the time taken does not say how close a guess
+/// came. The read API's bearer check and the console's login both use it.
+pub(crate) fn matching_token<'a>(tokens: &'a [Secret], presented: &str) -> Option<&'a Secret> {
+    let mut matched = None;
+    for token in tokens {
+        if bool::from(token.expose().as_bytes().ct_eq(presented.as_bytes())) {
+            matched = Some(token);
+        }
+    }
+    matched
 }
 
 async fn record_metrics(State(state): State<ApiState>, request: Request, next: Next) -> Response {

@@ -26,6 +26,7 @@ use hookstream_shared::config::Secret;
 
 use super::layout::{self, Page};
 use super::{ConsoleState, PREFIX};
+use crate::api::matching_token;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "hookstream_console";
@@ -233,14 +234,7 @@ pub async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let presented = form.token.trim().as_bytes();
-    let mut matched = None;
-    for token in state.tokens.iter() {
-        if bool::from(token.expose().as_bytes().ct_eq(presented)) {
-            matched = Some(token);
-        }
-    }
-    let Some(token) = matched else {
+    let Some(token) = matching_token(&state.tokens, form.token.trim()) else {
         tracing::info!("console login refused");
         tokio::time::sleep(REFUSAL_DELAY).await;
         return (

@@ -49,7 +49,7 @@ pub async fn page(
     .bind(seq)
     .fetch_optional(pool)
     .await?;
-    let Some(logged) = logged else {
+    let Some(mut logged) = logged else {
         return Err(ConsoleError::NotFound(
             "No event with that seq is in the log.",
         ));
@@ -58,7 +58,7 @@ pub async fn page(
     let event = IncomingEvent {
         seq,
         webhook_id: logged.webhook_id.clone(),
-        body: logged.body.clone(),
+        body: std::mem::take(&mut logged.body),
     };
     let outcome = evidence::outcomes(pool, std::slice::from_ref(&event))
         .await?
@@ -68,7 +68,7 @@ pub async fn page(
             .bind(&logged.partition_key)
             .fetch_one(pool)
             .await?;
-    let body_text = layout::pretty_json(&String::from_utf8_lossy(&logged.body));
+    let body_text = layout::pretty_json(&String::from_utf8_lossy(&event.body));
     let title = format!("Event #{seq}");
     let body = html! {
         table.facts {

@@ -38,8 +38,6 @@ use hookstream_shared::config::Secret;
 
 use crate::api::ApiState;
 
-pub use session::COOKIE;
-
 /// Where the console is mounted; every link is built from it.
 pub const PREFIX: &str = "/console/";
 

@@ -112,6 +112,7 @@ async fn run_batcher(
 ) {
     let slots = Arc::new(Semaphore::new(settings.commit_concurrency));
     let mut commits = JoinSet::new();
+    let mut arrivals = ArrivalRate::new(Instant::now());
     while let Some(first) = inbox.recv().await {
         // Waiting for a slot before gathering is what makes batches grow
         // under load: requests pile up while every slot is committing.
@@ -120,21 +121,21 @@ async fn run_batcher(
         };
         let mut batch = Vec::with_capacity(settings.max_batch);
         batch.push(first);
-        if !settings.linger.is_zero() {
-            let deadline = tokio::time::Instant::now() + settings.linger;
-            while batch.len() < settings.max_batch {
+        take_queued(&mut inbox, &mut batch, settings.max_batch);
+        let linger = settings
+            .linger
+            .wait_for(batch.len(), arrivals.per_second(Instant::now()));
+        if !linger.is_zero() {
+            let deadline = tokio::time::Instant::now() + linger;
+            while batch.len() < settings.linger.target {
                 match tokio::time::timeout_at(deadline, inbox.recv()).await {
                     Ok(Some(request)) => batch.push(request),
                     Ok(None) | Err(_) => break,
                 }
             }
+            take_queued(&mut inbox, &mut batch, settings.max_batch);
         }
-        while batch.len() < settings.max_batch {
-            match inbox.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
+        arrivals.count(batch.len(), Instant::now());
         metrics.queue_depth.sub(batch.len() as i64);
         commits.spawn(commit(
             pool.clone(),
@@ -146,6 +147,101 @@ async fn run_batcher(
         while commits.try_join_next().is_some() {}
     }
     while commits.join_next().await.is_some() {}
+}
+
+/// Moves what is already queued into `batch`, up to `max` in all.
+fn take_queued(
+    inbox: &mut mpsc::Receiver<AppendRequest>,
+    batch: &mut Vec<AppendRequest>,
+    max: usize,
+) {
+    while batch.len() < max {
+        match inbox.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+}
+
+/// How long a batch that has a commit slot waits for more events.
+///
+/// Every commit costs Postgres a transaction and a WAL flush, and the relay a
+/// produce and a dequeue, whatever its size; under heavy traffic, waiting a
+/// moment for more events spreads that cost over many. Under light traffic
+/// the wait would only add latency, so it is taken only when the recent
+/// arrival rate says the wait will bring at least one more event, and only
+/// as long as it takes to bring the batch to `target` at that rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Linger {
+    /// The longest wait (`INGEST_BATCH_LINGER_US`); zero turns lingering off.
+    pub max: Duration,
+    /// A lingering batch is committed once it holds this many events.
+    pub target: usize,
+    /// Whether the wait follows the arrival rate; if not, every batch below
+    /// `target` waits the whole `max`.
+    pub adaptive: bool,
+}
+
+impl Linger {
+    /// The wait for a batch of `held` events, with events arriving at
+    /// `per_second`.
+    pub fn wait_for(&self, held: usize, per_second: f64) -> Duration {
+        if self.max.is_zero() || held >= self.target {
+            return Duration::ZERO;
+        }
+        if !self.adaptive {
+            return self.max;
+        }
+        let expected_in_max = per_second * self.max.as_secs_f64();
+        if expected_in_max < 1.0 {
+            return Duration::ZERO;
+        }
+        let to_target = (self.target - held) as f64 / per_second;
+        self.max.min(Duration::from_secs_f64(to_target))
+    }
+}
+
+/// Events per second entering batches, over the last window of at least
+/// [`ArrivalRate::WINDOW`]. A window closes only when a batch forms, so
+/// after a quiet spell the first batch sees the spell's low rate at once.
+#[derive(Debug)]
+struct ArrivalRate {
+    window_start: Instant,
+    in_window: usize,
+    per_second: f64,
+}
+
+impl ArrivalRate {
+    const WINDOW: Duration = Duration::from_millis(50);
+
+    fn new(now: Instant) -> Self {
+        Self {
+            window_start: now,
+            in_window: 0,
+            per_second: 0.0,
+        }
+    }
+
+    /// The rate of the last closed window, or of the open one once it is
+    /// long enough: events that stopped coming lower the rate at once.
+    fn per_second(&self, now: Instant) -> f64 {
+        let open_for = now.saturating_duration_since(self.window_start);
+        if open_for >= Self::WINDOW {
+            self.in_window as f64 / open_for.as_secs_f64()
+        } else {
+            self.per_second
+        }
+    }
+
+    fn count(&mut self, events: usize, now: Instant) {
+        self.in_window += events;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= Self::WINDOW {
+            self.per_second = self.in_window as f64 / elapsed.as_secs_f64();
+            self.window_start = now;
+            self.in_window = 0;
+        }
+    }
 }
 
 async fn commit(
@@ -224,5 +320,61 @@ fn is_caused_by_the_data(e: &sqlx::Error) -> bool {
             .code()
             .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINGER: Linger = Linger {
+        max: Duration::from_millis(1),
+        target: 64,
+        adaptive: true,
+    };
+
+    #[test]
+    fn light_traffic_never_waits() {
+        // 500 events/s bring half an event per millisecond: nothing to wait for.
+        assert_eq!(LINGER.wait_for(1, 500.0), Duration::ZERO);
+        assert_eq!(LINGER.wait_for(1, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn heavy_traffic_waits_until_the_target_is_due_at_most_the_linger() {
+        // 5,000/s: 63 more events are 12.6 ms away, so the whole linger.
+        assert_eq!(LINGER.wait_for(1, 5_000.0), Duration::from_millis(1));
+        // 640,000/s: the missing 32 are due in 50 us.
+        assert_eq!(LINGER.wait_for(32, 640_000.0), Duration::from_micros(50));
+        // Already at the target: commit now.
+        assert_eq!(LINGER.wait_for(64, 5_000.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_fixed_linger_waits_whatever_the_traffic_and_zero_turns_it_off() {
+        let fixed = Linger {
+            adaptive: false,
+            ..LINGER
+        };
+        assert_eq!(fixed.wait_for(1, 0.0), Duration::from_millis(1));
+        assert_eq!(fixed.wait_for(64, 0.0), Duration::ZERO);
+        let off = Linger {
+            max: Duration::ZERO,
+            ..LINGER
+        };
+        assert_eq!(off.wait_for(1, 1e6), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_arrival_rate_falls_as_soon_as_events_stop_coming() {
+        let start = Instant::now();
+        let mut rate = ArrivalRate::new(start);
+        for ms in 1..=50 {
+            rate.count(10, start + Duration::from_millis(ms));
+        }
+        let measured = rate.per_second(start + Duration::from_millis(51));
+        assert!((9_000.0..=11_000.0).contains(&measured), "{measured}");
+        // A quiet second later, before any batch closes the window.
+        assert!(rate.per_second(start + Duration::from_secs(1)) < 1.0);
     }
 }

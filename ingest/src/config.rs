@@ -8,6 +8,7 @@ use hookstream_shared::db::DatabaseSettings;
 use hookstream_shared::kafka::KafkaSettings;
 use hookstream_shared::telemetry::LogSettings;
 
+use crate::appender::Linger;
 use crate::signature::{KeyRule, SigningKeys};
 
 /// Everything ingest needs, read once at start.
@@ -188,11 +189,14 @@ pub struct HttpSettings {
 pub struct BatchSettings {
     /// `INGEST_MAX_BATCH` (512): events per insert.
     pub max_batch: usize,
-    /// `INGEST_BATCH_LINGER_US` (0): how long a batch may wait for more events
-    /// when a commit slot is free. Batches grow on their own under load, while
-    /// the slots are busy, so the default adds no latency.
-    pub linger: Duration,
-    /// `INGEST_COMMIT_CONCURRENCY` (4): batches committing at once.
+    /// How long a batch with a free commit slot waits for more events:
+    /// `INGEST_BATCH_LINGER_US` (1000) at most, until it holds
+    /// `INGEST_BATCH_TARGET` (64) events, and only while traffic brings at
+    /// least one event per linger, unless `INGEST_BATCH_LINGER_ADAPTIVE`
+    /// (true) is false. The defaults come from `loadgen ingest --sweep`
+    /// (BENCHMARKS.md "Group commit defaults").
+    pub linger: Linger,
+    /// `INGEST_COMMIT_CONCURRENCY` (2): batches committing at once.
     pub commit_concurrency: usize,
     /// `INGEST_QUEUE_CAPACITY` (8192): events waiting for a batch; when full,
     /// requests get 503 with `Retry-After`.
@@ -249,8 +253,12 @@ impl IngestConfig {
             },
             batch: BatchSettings {
                 max_batch: settings.positive_or("INGEST_MAX_BATCH", 512)?,
-                linger: Duration::from_micros(settings.parse_or("INGEST_BATCH_LINGER_US", 0)?),
-                commit_concurrency: settings.positive_or("INGEST_COMMIT_CONCURRENCY", 4)?,
+                linger: Linger {
+                    max: Duration::from_micros(settings.parse_or("INGEST_BATCH_LINGER_US", 1000)?),
+                    target: settings.positive_or("INGEST_BATCH_TARGET", 64)?,
+                    adaptive: settings.parse_or("INGEST_BATCH_LINGER_ADAPTIVE", true)?,
+                },
+                commit_concurrency: settings.positive_or("INGEST_COMMIT_CONCURRENCY", 2)?,
                 queue_capacity: settings.positive_or("INGEST_QUEUE_CAPACITY", 8192)?,
                 append_timeout: settings.millis_or("INGEST_APPEND_TIMEOUT_MS", 5000)?,
             },

@@ -160,6 +160,11 @@ struct ReplayArgs {
     /// Events the one-event-per-transaction baseline replays (it is slow).
     #[arg(long, default_value_t = 20_000)]
     baseline_events: usize,
+    /// Instead: replay a small log (default: generated, 1250 customers, about
+    /// 34,000 events) while a projector serves it, alone and with entitlement
+    /// checks at this rate, alternating, twice each.
+    #[arg(long)]
+    reads_per_second: Option<f64>,
 }
 
 #[derive(Args)]
@@ -211,7 +216,7 @@ struct EndToEndArgs {
     sample_every: u64,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct Common {
     /// Postgres server URL without a database; each run gets a fresh database there.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
@@ -254,6 +259,112 @@ struct IngestArgs {
     /// Only the group-commit runs (no baseline), for trying settings.
     #[arg(long)]
     skip_baseline: bool,
+    /// Sweep a setting, `NAME=v1,v2,...` (repeatable): every combination
+    /// runs at full speed and at the fixed rate, one table row each, and the
+    /// log append alone at full speed closes the table.
+    #[arg(long = "sweep", value_parser = parse_sweep)]
+    sweep: Vec<(String, Vec<String>)>,
+}
+
+fn parse_sweep(text: &str) -> Result<(String, Vec<String>), String> {
+    let (name, values) = parse_env(text)?;
+    let values: Vec<String> = values.split(',').map(str::to_owned).collect();
+    if values.iter().any(String::is_empty) {
+        return Err(format!("expected NAME=v1,v2,..., got {text:?}"));
+    }
+    Ok((name, values))
+}
+
+/// Every combination of the swept values, in the order given (the last
+/// setting varies fastest).
+fn combinations(sweep: &[(String, Vec<String>)]) -> Vec<Vec<(String, String)>> {
+    sweep.iter().fold(vec![Vec::new()], |done, (name, values)| {
+        done.iter()
+            .flat_map(|prefix| {
+                values.iter().map(move |value| {
+                    let mut next = prefix.clone();
+                    next.push((name.clone(), value.clone()));
+                    next
+                })
+            })
+            .collect()
+    })
+}
+
+/// `loadgen ingest --sweep`: the table that chooses group commit's defaults.
+async fn ingest_sweep(args: &IngestArgs, events: &[SimEvent]) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for settings in combinations(&args.sweep) {
+        let label = settings
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let extra: Vec<(&str, &str)> = settings
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let full = ingest_run(
+            args,
+            events,
+            &format!("{label}, full speed"),
+            &extra,
+            Pace::FullSpeed,
+            args.connections,
+        )
+        .await?;
+        let paced = ingest_run(
+            args,
+            events,
+            &format!("{label}, {}/s", args.rate),
+            &extra,
+            Pace::Rate(args.rate),
+            256,
+        )
+        .await?;
+        rows.push((label, full, paced));
+    }
+    let floor = append_alone(
+        args,
+        events,
+        "log append alone, full speed",
+        Pace::FullSpeed,
+        32,
+        4,
+    )
+    .await?;
+    let http_floor_us = http_floor_run(args, events).await?;
+    println!(
+        "\n| settings | full speed | x floor | CPU per webhook: ingest / Postgres | at {0}/s: p50 | p99 | CPU per webhook: ingest / Postgres |",
+        args.rate
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (label, full, paced) in &rows {
+        println!(
+            "| {label} | {:.0}/s | x{:.2} | {:.1} / {:.1} us | {:.2} ms | {:.2} ms | {:.1} / {:.1} us |",
+            full.measured.throughput(),
+            full.measured.throughput() / floor.events_per_second,
+            full.cpu.service_us,
+            full.cpu.postgres_us,
+            paced.measured.quantile_ms(0.50),
+            paced.measured.quantile_ms(0.99),
+            paced.cpu.service_us,
+            paced.cpu.postgres_us,
+        );
+    }
+    println!(
+        "log append alone at full speed: {:.0}/s; HTTP alone: {http_floor_us:.1} us of server CPU per request",
+        floor.events_per_second
+    );
+    let failed = rows
+        .iter()
+        .flat_map(|(_, full, paced)| [&full.measured, &paced.measured])
+        .any(|m| m.ok() == 0 || m.transport_errors > 0);
+    anyhow::ensure!(
+        !failed,
+        "a run had no successful request, or had transport errors"
+    );
+    Ok(())
 }
 
 #[tokio::main]
@@ -357,7 +468,7 @@ async fn ingest_run(
     extra: &[(&str, &str)],
     pace: Pace,
     connections: usize,
-) -> anyhow::Result<Measured> {
+) -> anyhow::Result<IngestRun> {
     let run = format!("lg{}", unix_now());
     let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
     let kafka = EmbeddedKafka::start(1)?;
@@ -397,17 +508,55 @@ async fn ingest_run(
         },
     )
     .await?;
+    let cpu = spent.shares(measured.ok());
     println!("{}", measured.summary(label));
     println!("{:<34} {}", "", ingest_internals(&service.base_url).await);
-    println!(
-        "{:<34} {}",
-        "",
-        spent.per_event("accepted webhook", "ingest", measured.ok())
-    );
+    println!("{:<34} {}", "", cpu.describe("accepted webhook", "ingest"));
     service.stop()?;
     drop(kafka);
     database.drop_now().await?;
-    Ok(measured)
+    Ok(IngestRun { measured, cpu })
+}
+
+/// The HTTP floor: the same signed requests at full speed to `http-floor`,
+/// which reads each body and answers as ingest does, and nothing else.
+/// Returns the floor server's CPU per request, microseconds.
+async fn http_floor_run(args: &IngestArgs, events: &[SimEvent]) -> anyhow::Result<f64> {
+    let port = free_port()?;
+    let service = Service::start(
+        "http-floor",
+        port,
+        &[("FLOOR_LISTEN", format!("127.0.0.1:{port}"))],
+    )
+    .await?;
+    let authority = format!("127.0.0.1:{port}");
+    let total = 40_000 * args.seconds as usize;
+    let requests = Arc::new(SignedRequests::new(events, total, "floor", &authority));
+    let spent = CpuSpent::start(service.pid());
+    let measured = drive(
+        &authority,
+        args.connections,
+        Pace::FullSpeed,
+        total as u64,
+        Duration::from_secs(args.seconds),
+        {
+            let requests = requests.clone();
+            move |i| requests.request(i)
+        },
+    )
+    .await?;
+    let cpu = spent.shares(measured.ok());
+    println!("{}", measured.summary("HTTP alone, full speed"));
+    println!("{:<34} {}", "", cpu.describe("request", "server"));
+    service.stop()?;
+    anyhow::ensure!(measured.ok() > 0, "the HTTP floor answered nothing");
+    Ok(cpu.service_us)
+}
+
+/// What one [`ingest_run`] measured.
+struct IngestRun {
+    measured: Measured,
+    cpu: CpuPerEvent,
 }
 
 /// Core-seconds spent by a service, by Postgres and by this load generator
@@ -438,18 +587,44 @@ impl CpuSpent {
     /// work would fill every core of this machine: the ceiling however it is
     /// spread over them.
     fn per_event(&self, what: &str, service: &str, events: u64) -> String {
+        self.shares(events).describe(what, service)
+    }
+
+    fn shares(&self, events: u64) -> CpuPerEvent {
         let n = events.max(1) as f64;
         let service_s = cpu::process_seconds(self.service_pid) - self.service;
         let postgres_s = cpu::command_seconds("postgres") - self.postgres;
         let loadgen_s = loadgen_and_broker_seconds() - self.loadgen;
-        let total = service_s + postgres_s + loadgen_s;
+        CpuPerEvent {
+            service_us: 1e6 * service_s / n,
+            postgres_us: 1e6 * postgres_s / n,
+            loadgen_us: 1e6 * loadgen_s / n,
+        }
+    }
+}
+
+/// CPU microseconds per event, by process.
+#[derive(Debug, Clone, Copy)]
+struct CpuPerEvent {
+    service_us: f64,
+    postgres_us: f64,
+    loadgen_us: f64,
+}
+
+impl CpuPerEvent {
+    /// The rate at which this work would fill every core.
+    fn cap_per_second(&self) -> f64 {
+        cpu::cores() * 1e6 / (self.service_us + self.postgres_us + self.loadgen_us)
+    }
+
+    fn describe(&self, what: &str, service: &str) -> String {
         format!(
             "CPU per {what}: {service} {:.1} us, Postgres {:.1} us, load generator and broker {:.1} us; {} cores full cap this at {:.0}/s",
-            1e6 * service_s / n,
-            1e6 * postgres_s / n,
-            1e6 * loadgen_s / n,
+            self.service_us,
+            self.postgres_us,
+            self.loadgen_us,
             cpu::cores(),
-            cpu::cores() * n / total,
+            self.cap_per_second(),
         )
     }
 }
@@ -590,6 +765,9 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         ("INGEST_COMMIT_CONCURRENCY", "32"),
         ("DATABASE_MAX_CONNECTIONS", "32"),
     ];
+    if !args.sweep.is_empty() {
+        return ingest_sweep(&args, &events).await;
+    }
     let started = Instant::now();
     let grouped = ingest_run(
         &args,
@@ -600,6 +778,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         args.connections,
     )
     .await?;
+    let (grouped, grouped_cpu) = (grouped.measured, grouped.cpu);
     let grouped_rate = ingest_run(
         &args,
         &events,
@@ -608,7 +787,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         Pace::Rate(args.rate),
         256,
     )
-    .await?;
+    .await?
+    .measured;
     if args.skip_baseline {
         return Ok(());
     }
@@ -620,7 +800,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         Pace::FullSpeed,
         args.connections,
     )
-    .await?;
+    .await?
+    .measured;
     let baseline_rate = ingest_run(
         &args,
         &events,
@@ -629,7 +810,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         Pace::Rate(args.rate),
         256,
     )
-    .await?;
+    .await?
+    .measured;
     // The floor: what Postgres alone gives the same appends on this machine.
     // Ingest cannot answer before its commit, so its p99 cannot beat the
     // commits' own, nor its throughput the appends'.
@@ -660,6 +842,11 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         8,
     )
     .await?;
+    let http_floor_us = http_floor_run(&args, &events).await?;
+    println!(
+        "ingest CPU per webhook at full speed: {:.1} us, against {http_floor_us:.1} us for HTTP alone",
+        grouped_cpu.service_us
+    );
     println!(
         "group commit / per-request: throughput x{:.2}; p99 at {}/s {:.2} ms vs {:.2} ms ({:.0} s in all)",
         grouped.throughput() / baseline.throughput(),
@@ -1222,6 +1409,9 @@ async fn end_to_end(args: EndToEndArgs) -> anyhow::Result<()> {
 /// it: first with one event per transaction on a prefix (the baseline), then
 /// with default chunks on all of it. Both are the real binary's own summary.
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    if let Some(rate) = args.reads_per_second {
+        return replay_under_reads(&args, rate).await;
+    }
     let events = stream(&args.common, args.events.clone(), 2, 45_000)?;
     let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
     let pool = hookstream_shared::db::connect_and_migrate(
@@ -1296,10 +1486,14 @@ async fn log_stream(pool: &sqlx::PgPool, events: &[SimEvent]) -> anyhow::Result<
 
 /// Runs `projector replay` and returns the events/s from its summary line.
 fn run_replay(common: &Common, database: &FreshDatabase, extra: &[&str]) -> anyhow::Result<f64> {
+    run_replay_at(common, &database.url, extra)
+}
+
+fn run_replay_at(common: &Common, database_url: &str, extra: &[&str]) -> anyhow::Result<f64> {
     let output = std::process::Command::new(hookstream_tests::bench::sibling_binary("projector")?)
         .arg("replay")
         .args(extra)
-        .env("DATABASE_URL", &database.url)
+        .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "warn")
         .envs(common.extra_env.iter().map(|(k, v)| (k, v)))
         .stderr(std::process::Stdio::inherit())
@@ -1316,6 +1510,136 @@ fn run_replay(common: &Common, database: &FreshDatabase, extra: &[&str]) -> anyh
         .and_then(|(rate, _)| rate.parse::<f64>().ok())
         .ok_or_else(|| anyhow::anyhow!("no rate in the replay summary: {stdout}"))?;
     Ok(rate)
+}
+
+/// `loadgen replay --reads-per-second R`: what readers cost a replay. A
+/// projector serves the log's projections while `projector replay` rebuilds
+/// them, with nothing else and with entitlement checks at `rate` (as an app
+/// gating its requests would send), in the order quiet, read, quiet, read.
+async fn replay_under_reads(args: &ReplayArgs, rate: f64) -> anyhow::Result<()> {
+    let file = match &args.events {
+        Some(file) => file.clone(),
+        None => {
+            let dir = args.common.data_dir.join("polarsim-3-1250");
+            generate(&dir, 3, 1250, 90)?;
+            dir.join("events.jsonl")
+        }
+    };
+    let events = read_events(&file)?;
+    let expected = file.with_file_name("expected.json");
+    let questions = Arc::new(entitlement_questions(&expected)?);
+    let database = FreshDatabase::create(&args.common.database_server, "hookstream_bench").await?;
+    let pool = hookstream_shared::db::connect_and_migrate(
+        &hookstream_shared::db::DatabaseSettings::for_url(&database.url),
+        "loadgen",
+    )
+    .await?;
+    log_stream(&pool, &events).await?;
+    println!(
+        "replay under reads: {} events in the log; entitlement checks at {rate}/s in the read runs",
+        events.len()
+    );
+    // The first replay makes the generation the projector then serves.
+    run_replay(&args.common, &database, &[])?;
+    let kafka = EmbeddedKafka::start(1)?;
+    kafka.create_topic("polar.events", 6)?;
+    let service = start_projector(
+        &args.common,
+        &database,
+        kafka.bootstrap_servers(),
+        "polar.events",
+        &[],
+    )
+    .await?;
+    let authority = service.base_url.trim_start_matches("http://").to_owned();
+    let mut seconds = (Vec::new(), Vec::new());
+    for round in 0..4 {
+        let reading = round % 2 == 1;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers = reading.then(|| {
+            tokio::spawn(read_until(
+                authority.clone(),
+                questions.clone(),
+                rate,
+                stop.clone(),
+            ))
+        });
+        let (common, url) = (args.common.clone(), database.url.clone());
+        let replayed =
+            tokio::task::spawn_blocking(move || run_replay_at(&common, &url, &[])).await??;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let took = events.len() as f64 / replayed;
+        match readers {
+            Some(readers) => {
+                let reads = readers.await??;
+                println!(
+                    "{:<28} {took:>6.2} s  {}",
+                    "replay, read throughout",
+                    reads.summary("reads meanwhile")
+                );
+                seconds.1.push(took);
+            }
+            None => {
+                println!("{:<28} {took:>6.2} s", "replay, no readers");
+                seconds.0.push(took);
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!(
+        "read throughout / no readers: x{:.2} ({:.2} s against {:.2} s on average)",
+        mean(&seconds.1) / mean(&seconds.0),
+        mean(&seconds.1),
+        mean(&seconds.0)
+    );
+    service.stop()?;
+    pool.close().await;
+    if !args.common.keep_database {
+        database.drop_now().await?;
+    }
+    Ok(())
+}
+
+/// Entitlement checks at `rate` in one-second runs until `stop`; every
+/// run's answers together.
+async fn read_until(
+    authority: String,
+    questions: Arc<Vec<(String, String)>>,
+    rate: f64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Measured> {
+    let mut all = Measured::default();
+    let started = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let (host, questions) = (authority.clone(), questions.clone());
+        let run = drive(
+            &authority,
+            8,
+            Pace::Rate(rate),
+            rate.ceil() as u64,
+            Duration::from_secs(1),
+            move |i| {
+                let (customer, benefit) = &questions[i as usize % questions.len()];
+                Request::get(format!(
+                    "/v1/entitlements/check?external_customer_id={customer}&benefit_id={benefit}"
+                ))
+                .header("host", &host)
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Full::new(Bytes::new()))
+                .expect("valid request")
+            },
+        )
+        .await?;
+        all.sent += run.sent;
+        all.transport_errors += run.transport_errors;
+        for (status, n) in run.statuses {
+            *all.statuses.entry(status).or_default() += n;
+        }
+        all.latencies_us.extend(run.latencies_us);
+    }
+    all.latencies_us.sort_unstable();
+    all.elapsed = started.elapsed();
+    Ok(all)
 }
 
 /// Polar's production limit, for the time a real reconcile would take.

@@ -555,9 +555,16 @@ impl StreamPublisher {
 /// Sums the next offsets the projector stored: the messages it has applied.
 pub async fn consumed(database_url: &str) -> anyhow::Result<i64> {
     let mut connection = PgConnection::connect(database_url).await?;
+    consumed_on(&mut connection).await
+}
+
+/// [`consumed`] on an open connection: a drain polls it every few
+/// milliseconds, and a new connection per poll would bill Postgres for a
+/// backend start each time.
+pub async fn consumed_on(connection: &mut PgConnection) -> anyhow::Result<i64> {
     let n: Option<i64> =
         sqlx::query_scalar("select sum(next_offset)::bigint from projector_offsets")
-            .fetch_one(&mut connection)
+            .fetch_one(connection)
             .await
             .unwrap_or(None);
     Ok(n.unwrap_or(0))

@@ -911,11 +911,13 @@ async fn drain(
     count: usize,
     label: &str,
 ) -> anyhow::Result<(Duration, Duration)> {
+    use sqlx::Connection as _;
     let started = Instant::now();
     let mut first_progress: Option<Instant> = None;
     let mut last_report = Instant::now();
+    let mut connection = sqlx::PgConnection::connect(&database.url).await?;
     loop {
-        let done = hookstream_tests::bench::consumed(&database.url).await? as usize;
+        let done = hookstream_tests::bench::consumed_on(&mut connection).await? as usize;
         if done > 0 && first_progress.is_none() {
             first_progress = Some(Instant::now());
         }

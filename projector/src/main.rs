@@ -50,6 +50,11 @@ enum Command {
         /// of the same object, and more memory.
         #[arg(long, default_value_t = hookstream_projector::rebuild::DEFAULT_MEMORY_BUDGET >> 20)]
         memory_mb: usize,
+        /// A log of at least this many events is replayed into unlogged
+        /// tables, logged once at the end; a smaller one straight into
+        /// logged tables.
+        #[arg(long, default_value_t = hookstream_projector::rebuild::replay::DEFAULT_UNLOGGED_FROM)]
+        unlogged_from: u64,
     },
     /// Rebuild from the log into a scratch generation and compare it with the
     /// live one; exits 1 on any difference.
@@ -90,7 +95,16 @@ async fn main() -> ExitCode {
             keep_old,
             chunk,
             memory_mb,
-        } => run_replay(&settings, from, keep_old, chunk, memory_mb << 20).await,
+            unlogged_from,
+        } => {
+            let options = ReplayTuning {
+                keep_old,
+                chunk,
+                memory_budget: memory_mb << 20,
+                unlogged_from,
+            };
+            run_replay(&settings, from, options).await
+        }
         Command::Verify {
             attempts,
             full_rows,
@@ -117,13 +131,15 @@ async fn serve(settings: &Settings) -> ExitCode {
     report_failure(result, "projector failed")
 }
 
-async fn run_replay(
-    settings: &Settings,
-    from: From,
+/// `projector replay`'s options other than the source.
+struct ReplayTuning {
     keep_old: bool,
     chunk: usize,
     memory_budget: usize,
-) -> ExitCode {
+    unlogged_from: u64,
+}
+
+async fn run_replay(settings: &Settings, from: From, tuning: ReplayTuning) -> ExitCode {
     let setup = || -> Result<_, ConfigError> {
         let database = DatabaseSettings::from_settings(settings)?;
         let log = LogSettings::from_settings(settings)?;
@@ -150,9 +166,10 @@ async fn run_replay(
     telemetry::init_for_command(&log);
     let options = ReplayOptions {
         source,
-        keep_old,
-        chunk: chunk.max(1),
-        memory_budget,
+        keep_old: tuning.keep_old,
+        chunk: tuning.chunk.max(1),
+        memory_budget: tuning.memory_budget,
+        unlogged_from: tuning.unlogged_from,
     };
     let result = async {
         let pool = db::connect_and_migrate(&database, "hookstream-replay").await?;
@@ -166,6 +183,9 @@ async fn run_replay(
             summary.events_per_second(),
             summary.generation
         );
+        for step in &summary.steps {
+            println!("{:>8.3} s  {}", step.took.as_secs_f64(), step.step);
+        }
         match (&summary.previous, summary.kept_previous) {
             (Some(previous), true) => println!("kept the previous generation {previous} (retired)"),
             (Some(previous), false) => println!("dropped the previous generation {previous}"),

@@ -41,6 +41,18 @@ pub struct ProgressReport {
     unit: &'static str,
     started: Instant,
     last_line: Instant,
+    /// Each step's text and start, in order; behind a lock because steps are
+    /// shown from `&self`, by code that only reads the report.
+    steps: std::sync::Mutex<Vec<(String, Instant)>>,
+    /// When [`ProgressReport::finish`] was called: the end of the last step.
+    finished: std::sync::OnceLock<Instant>,
+}
+
+/// How long one step of a command took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepTime {
+    pub step: String,
+    pub took: Duration,
 }
 
 impl ProgressReport {
@@ -75,6 +87,8 @@ impl ProgressReport {
             unit,
             started: now,
             last_line: now,
+            steps: std::sync::Mutex::new(Vec::new()),
+            finished: std::sync::OnceLock::new(),
         }
     }
 
@@ -101,7 +115,12 @@ impl ProgressReport {
 
     /// Shows a step that is not counted in events (switching, comparing),
     /// after the time since the start, so the output shows where time went.
+    /// The step lasts until the next one, or until [`ProgressReport::finish`].
     pub fn step(&self, text: &str) {
+        self.steps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((text.to_owned(), Instant::now()));
         let line = format!("{:>6.1} s  {text}", self.started.elapsed().as_secs_f64());
         match self.mode {
             ProgressMode::Bar => self.bar.println(line),
@@ -119,9 +138,32 @@ impl ProgressReport {
         self.started.elapsed()
     }
 
-    /// Removes the bar; the caller prints the summary.
+    /// Removes the bar and ends the last step; the caller prints the summary.
     pub fn finish(&self) {
+        let _ = self.finished.set(Instant::now());
         self.bar.finish_and_clear();
+    }
+
+    /// How long each step took, in order: from its start to the next step's
+    /// (the last one to [`ProgressReport::finish`], or to now). Time before
+    /// the first step is not in any.
+    pub fn step_times(&self) -> Vec<StepTime> {
+        let steps = self
+            .steps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let end = self.finished.get().copied().unwrap_or_else(Instant::now);
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, (step, started))| {
+                let next = steps.get(i + 1).map_or(end, |(_, next)| *next);
+                StepTime {
+                    step: step.clone(),
+                    took: next.saturating_duration_since(*started),
+                }
+            })
+            .collect()
     }
 
     fn line(&self) -> String {
@@ -143,5 +185,30 @@ impl ProgressReport {
             "{}: {done}/{total} {unit}, {seconds:.0} s, {rate:.0} {unit}/s{eta}",
             self.bar.message()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_step_lasts_until_the_next_and_the_last_until_finish() {
+        let report = ProgressReport::new(ProgressMode::Quiet, "test");
+        report.step("first");
+        std::thread::sleep(Duration::from_millis(20));
+        report.step("second");
+        std::thread::sleep(Duration::from_millis(5));
+        report.finish();
+        std::thread::sleep(Duration::from_millis(30));
+        let steps = report.step_times();
+        assert_eq!(
+            steps.iter().map(|s| s.step.as_str()).collect::<Vec<_>>(),
+            ["first", "second"]
+        );
+        assert!(steps[0].took >= Duration::from_millis(20), "{steps:?}");
+        // Ended by finish, not by the time the steps are read.
+        assert!(steps[1].took >= Duration::from_millis(5), "{steps:?}");
+        assert!(steps[1].took < Duration::from_millis(30), "{steps:?}");
     }
 }

@@ -22,11 +22,18 @@ use tokio_util::sync::CancellationToken;
 use hookstream_shared::kafka::KafkaSettings;
 
 use super::from_kafka::KafkaReplay;
-use super::progress::ProgressReport;
+use super::progress::{ProgressReport, StepTime};
 use super::{GenerationFill, RebuildLock, apply_counted, drop_abandoned, fill_from_log, log_size};
 use crate::projection::from_log::{LogCursor, log_head};
-use crate::projection::generation::{self, Generation};
+use crate::projection::generation::{self, Generation, Persistence};
 use crate::{changes, feed};
+
+/// Logs of fewer events are replayed into logged tables, unless told
+/// otherwise ([`ReplayOptions::unlogged_from`]). An unlogged build saves
+/// writing every version of a row to the write-ahead log, but ends by
+/// rewriting every table to log it (`set logged`): worth it when the log
+/// holds many versions of each object, a fixed cost otherwise.
+pub const DEFAULT_UNLOGGED_FROM: u64 = 100_000;
 
 /// Where a replay reads events from.
 #[derive(Debug, Clone)]
@@ -57,6 +64,9 @@ pub struct ReplayOptions {
     /// Snapshot bytes held in memory before they are written (see
     /// [`GenerationFill`]).
     pub memory_budget: usize,
+    /// A log of at least this many events is built unlogged (see
+    /// [`DEFAULT_UNLOGGED_FROM`]); a replay from Kafka always is.
+    pub unlogged_from: u64,
 }
 
 /// What a finished replay did.
@@ -69,6 +79,8 @@ pub struct ReplaySummary {
     pub kept_previous: bool,
     pub events: u64,
     pub elapsed: Duration,
+    /// Where the time went, step by step.
+    pub steps: Vec<StepTime>,
 }
 
 impl ReplaySummary {
@@ -85,9 +97,22 @@ pub async fn replay(
     stop: &CancellationToken,
     progress: &mut ProgressReport,
 ) -> anyhow::Result<ReplaySummary> {
+    progress.step("creating the new generation");
     let lock = RebuildLock::acquire(pool).await?;
     drop_abandoned(pool, &lock).await?;
-    let generation = generation::create_unlogged(pool, options.source.name()).await?;
+    let log_events = match options.source {
+        ReplaySource::Log => Some(log_size(pool).await?),
+        ReplaySource::Kafka { .. } => None,
+    };
+    if let Some(events) = log_events {
+        progress.set_total(events);
+    }
+    let persistence = if log_events.is_some_and(|events| events < options.unlogged_from) {
+        Persistence::Logged
+    } else {
+        Persistence::Unlogged
+    };
+    let generation = generation::create_with(pool, options.source.name(), persistence).await?;
     progress.step(&format!(
         "replaying from the {} into {generation}",
         options.source.name()
@@ -121,6 +146,7 @@ pub async fn replay(
         kept_previous,
         events: progress.events(),
         elapsed: progress.elapsed(),
+        steps: progress.step_times(),
     })
 }
 
@@ -135,7 +161,6 @@ async fn build_and_switch(
     match &options.source {
         ReplaySource::Log => {
             let mut cursor = LogCursor::after(0);
-            progress.set_total(log_size(pool).await?);
             let mut fill = GenerationFill::new(options.memory_budget);
             catch_up_from_log(
                 pool,

@@ -1245,6 +1245,7 @@ async fn a_replay_from_kafka_while_the_consumer_runs_switches_without_losing_an_
         keep_old: false,
         chunk: 50,
         memory_budget: DEFAULT_MEMORY_BUDGET,
+        unlogged_from: hookstream_projector::rebuild::replay::DEFAULT_UNLOGGED_FROM,
     };
     let running = start(&pool, config).await;
     wait_consumed(&pool, &topic.name, first.len(), Duration::from_secs(60)).await;

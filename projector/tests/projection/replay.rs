@@ -16,7 +16,9 @@ use hookstream_projector::projection::from_log::{Target, apply_log};
 use hookstream_projector::projection::{Generation, IncomingEvent, generation};
 use hookstream_projector::rebuild::DEFAULT_MEMORY_BUDGET;
 use hookstream_projector::rebuild::progress::{ProgressMode, ProgressReport};
-use hookstream_projector::rebuild::replay::{ReplayOptions, ReplaySource, replay};
+use hookstream_projector::rebuild::replay::{
+    DEFAULT_UNLOGGED_FROM, ReplayOptions, ReplaySource, replay,
+};
 use hookstream_shared::envelope;
 use hookstream_shared::event_log::{self, NewEvent};
 
@@ -75,7 +77,21 @@ fn log_replay(keep_old: bool, chunk: usize) -> ReplayOptions {
         keep_old,
         chunk,
         memory_budget: DEFAULT_MEMORY_BUDGET,
+        unlogged_from: DEFAULT_UNLOGGED_FROM,
     }
+}
+
+/// The persistence (`p` logged, `u` unlogged) of every table of `generation`.
+async fn table_persistence(pool: &PgPool, generation: &Generation) -> Vec<String> {
+    sqlx::query_scalar(
+        "select distinct c.relpersistence::text from pg_class c
+         join pg_namespace n on n.oid = c.relnamespace
+         where n.nspname = $1 and c.relkind in ('r', 'i') order by 1",
+    )
+    .bind(generation.name())
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }
 
 async fn generation_statuses(pool: &PgPool) -> Vec<(String, String)> {
@@ -96,11 +112,13 @@ async fn a_replay_from_the_log_rebuilds_exactly_what_the_consumer_built(pool: Pg
     );
 
     // A budget of one byte writes after every chunk: objects then meet their
-    // older versions in the table's upserts rather than in memory.
+    // older versions in the table's upserts rather than in memory. Built
+    // unlogged (the small log would be built logged), and logged at the end.
     let summary = replay(
         &pool,
         &ReplayOptions {
             memory_budget: 1,
+            unlogged_from: 0,
             ..log_replay(true, 250)
         },
         &CancellationToken::new(),
@@ -115,6 +133,7 @@ async fn a_replay_from_the_log_rebuilds_exactly_what_the_consumer_built(pool: Pg
     let now_live = generation::live(&pool).await.unwrap().unwrap();
     assert_eq!(now_live, summary.generation);
     assert_ne!(now_live, before);
+    assert_eq!(table_persistence(&pool, &now_live).await, ["p"]);
     let differences = dump::compare(&consumed, &dump_of(&pool, &now_live).await);
     assert!(
         differences.is_empty(),
@@ -151,6 +170,7 @@ async fn a_replay_from_the_log_rebuilds_exactly_what_the_consumer_built(pool: Pg
     assert!(!schema_left, "{now_live} should have been dropped");
     let differences = dump::compare(&consumed, &dump_of(&pool, &again.generation).await);
     assert!(differences.is_empty(), "{differences:#?}");
+    assert_eq!(table_persistence(&pool, &again.generation).await, ["p"]);
 }
 
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]

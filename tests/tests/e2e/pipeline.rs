@@ -202,6 +202,7 @@ async fn a_polarsim_stream_with_duplicates_and_reordering_ends_in_the_true_state
         keep_old: true,
         chunk: 1000,
         memory_budget: hookstream_projector::rebuild::DEFAULT_MEMORY_BUDGET,
+        unlogged_from: hookstream_projector::rebuild::replay::DEFAULT_UNLOGGED_FROM,
     };
     let feed_count = || async {
         let counts: (i64, i64) = sqlx::query_as(

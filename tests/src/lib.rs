@@ -210,10 +210,18 @@ pub async fn sdk_members_check(
 
 /// Generates a stream into `dir` unless it is already there (polarsim is
 /// deterministic per seed and version, so a cached stream is the same stream).
+///
+/// Tests running at once may ask for the same stream. polarsim writes into a
+/// directory of this call's own, which is then renamed into place: a reader
+/// never sees a half-written stream, and a second writer's rename fails
+/// harmlessly once the first has landed.
 pub fn generate(dir: &Path, seed: u32, customers: u32, days: u32) -> anyhow::Result<()> {
-    if dir.join("events.jsonl").exists() && dir.join("expected.json").exists() {
+    let complete =
+        |dir: &Path| dir.join("events.jsonl").exists() && dir.join("expected.json").exists();
+    if complete(dir) {
         return Ok(());
     }
+    let staging = staging_dir(dir);
     let output = polarsim_command("generate")?
         .args([
             "--seed",
@@ -224,15 +232,43 @@ pub fn generate(dir: &Path, seed: u32, customers: u32, days: u32) -> anyhow::Res
             &days.to_string(),
         ])
         .arg("--out")
-        .arg(dir)
+        .arg(&staging)
         .output()
         .context("cannot run python3")?;
-    anyhow::ensure!(
-        output.status.success(),
-        "polarsim generate failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
+    if !output.status.success() {
+        let _ = std::fs::remove_dir_all(&staging);
+        anyhow::bail!(
+            "polarsim generate failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    if dir.exists() && !complete(dir) {
+        // Left half-written by a run killed before this helper staged its
+        // output; nothing can be reading it.
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("cannot remove the partial stream {}", dir.display()))?;
+    }
+    match std::fs::rename(&staging, dir) {
+        Ok(()) => Ok(()),
+        Err(_) if complete(dir) => {
+            // Another test landed the same stream first.
+            std::fs::remove_dir_all(&staging)
+                .with_context(|| format!("cannot remove {}", staging.display()))?;
+            Ok(())
+        }
+        Err(error) => Err(error)
+            .with_context(|| format!("cannot move {} to {}", staging.display(), dir.display())),
+    }
+}
+
+/// A directory beside `dir` that no other call, in this process or another,
+/// writes into.
+fn staging_dir(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.with_file_name(format!(".{name}.staging-{}", uuid::Uuid::new_v4()))
 }
 
 /// Every event of a stream, in file order.

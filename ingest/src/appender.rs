@@ -127,7 +127,9 @@ async fn run_batcher(
             .wait_for(batch.len(), arrivals.per_second(Instant::now()));
         if !linger.is_zero() {
             let deadline = tokio::time::Instant::now() + linger;
-            while batch.len() < settings.linger.target {
+            // The linger fills towards its target, never past the cap.
+            let fill_to = settings.linger.target.min(settings.max_batch);
+            while batch.len() < fill_to {
                 match tokio::time::timeout_at(deadline, inbox.recv()).await {
                     Ok(Some(request)) => batch.push(request),
                     Ok(None) | Err(_) => break,

@@ -122,6 +122,63 @@ async fn many_distinct_concurrent_events_are_all_stored(pool: PgPool) {
     app.stop().await;
 }
 
+/// `INGEST_MAX_BATCH` caps a batch even when the linger's target is larger:
+/// the linger once filled batches to its target whatever the cap, so a
+/// setting of 1 (what `loadgen`'s per-request baseline uses) gave batches of
+/// up to 64.
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn no_batch_exceeds_the_max_batch_setting_while_lingering(pool: PgPool) {
+    let app = TestIngest::spawn_with(
+        pool,
+        &[
+            ("INGEST_MAX_BATCH", "4"),
+            ("INGEST_BATCH_TARGET", "64"),
+            ("INGEST_BATCH_LINGER_US", "20000"),
+            ("INGEST_BATCH_LINGER_ADAPTIVE", "false"),
+            ("INGEST_COMMIT_CONCURRENCY", "1"),
+        ],
+    )
+    .await;
+    let answers = futures::future::join_all((0..60).map(|i| {
+        let app = &app;
+        async move {
+            let body = customer_created(&format!("c{i}"));
+            app.webhook(&format!("cap-{i}"), &body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    }))
+    .await;
+    assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
+    assert_eq!(app.log_count().await, 60);
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    let batches = sample("hookstream_ingest_batch_size_count");
+    let within_cap = sample("hookstream_ingest_batch_size_bucket{le=\"4\"}");
+    assert_eq!(sample("hookstream_ingest_batch_size_sum"), 60.0);
+    assert_eq!(within_cap, batches, "a batch held more than 4 events");
+    assert!(
+        batches < 60.0,
+        "60 concurrent webhooks under a 20 ms linger should share batches"
+    );
+    app.stop().await;
+}
+
 /// One refused request: what to send, and the status and code expected.
 struct Refusal {
     name: &'static str,

@@ -14,6 +14,24 @@ fn customer_created(id: &str) -> String {
     )
 }
 
+/// Sends `n` distinct `customer.created` webhooks (ids `{prefix}-0`...) all
+/// at once; their statuses in order.
+async fn send_distinct_at_once(
+    app: &TestIngest,
+    prefix: &str,
+    n: usize,
+) -> Vec<reqwest::StatusCode> {
+    futures::future::join_all((0..n).map(|i| async move {
+        let body = customer_created(&format!("c{i}"));
+        app.webhook(&format!("{prefix}-{i}"), &body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }))
+    .await
+}
+
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
 async fn a_new_event_is_stored_byte_for_byte_and_answered_with_its_seq(pool: PgPool) {
     let app = TestIngest::spawn(pool).await;
@@ -100,18 +118,7 @@ async fn fifty_concurrent_copies_of_one_id_make_exactly_one_row(pool: PgPool) {
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
 async fn many_distinct_concurrent_events_are_all_stored(pool: PgPool) {
     let app = TestIngest::spawn(pool).await;
-    let answers = futures::future::join_all((0..200).map(|i| {
-        let app = &app;
-        async move {
-            let body = customer_created(&format!("c{i}"));
-            app.webhook(&format!("wh-{i}"), &body)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    }))
-    .await;
+    let answers = send_distinct_at_once(&app, "wh", 200).await;
     assert!(answers.iter().all(|s| *s == 200));
     assert_eq!(app.log_count().await, 200);
     let distinct: i64 = sqlx::query_scalar("select count(distinct seq) from event_log")
@@ -139,18 +146,7 @@ async fn no_batch_exceeds_the_max_batch_setting_while_lingering(pool: PgPool) {
         ],
     )
     .await;
-    let answers = futures::future::join_all((0..60).map(|i| {
-        let app = &app;
-        async move {
-            let body = customer_created(&format!("c{i}"));
-            app.webhook(&format!("cap-{i}"), &body)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    }))
-    .await;
+    let answers = send_distinct_at_once(&app, "cap", 60).await;
     assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
     assert_eq!(app.log_count().await, 60);
     let metrics = app

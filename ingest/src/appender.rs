@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use hookstream_shared::db::is_transient;
 use hookstream_shared::envelope::Envelope;
 use hookstream_shared::event_log::{self, Appended, NewEvent};
 
@@ -268,7 +269,7 @@ async fn commit(
             }
             fresh.offer(new_events(events, &outcomes));
         }
-        Err(e) if events.len() > 1 && is_caused_by_the_data(&e) => {
+        Err(e) if events.len() > 1 && !is_transient(&e) => {
             // One event the database refuses must not fail its batch-mates:
             // append each on its own so only that one is refused.
             tracing::warn!(error = %e, batch = events.len(), "batch refused by the database; appending its events one by one");
@@ -311,18 +312,6 @@ fn new_events(events: Vec<NewEvent>, outcomes: &[Appended]) -> Vec<Outgoing> {
             Appended::Duplicate { .. } => None,
         })
         .collect()
-}
-
-/// Data exceptions (class 22) and integrity violations other than the unique
-/// key we resolve with ON CONFLICT (class 23) are caused by a row, not by the
-/// database being unavailable.
-fn is_caused_by_the_data(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-        _ => false,
-    }
 }
 
 #[cfg(test)]

@@ -92,6 +92,47 @@ pub async fn try_lead(
     }
 }
 
+/// Whether an error says the database (or the way to it) is unwell rather
+/// than that a particular write is unacceptable: a lost or refused
+/// connection, a serialization failure or deadlock, a shutdown or
+/// cancellation, exhausted resources, an I/O error on the server. Such an
+/// error is worth retrying, as it is, until it goes away.
+///
+/// Everything else (a value out of range, a constraint, an index row too
+/// large, a cast, an error raised by a trigger, a bug in a statement) would
+/// fail the same way however often it is retried: a write that fails so is
+/// refused, never retried forever.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_sqlstate(&code)),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// The SQLSTATE classes and codes [`is_transient`] retries.
+fn is_transient_sqlstate(code: &str) -> bool {
+    matches!(
+        code.get(..2),
+        // connection exception, transaction rollback (serialization
+        // failure, deadlock), insufficient resources (disk full, out of
+        // memory, too many connections), system error (I/O)
+        Some("08" | "40" | "53" | "58")
+    ) || matches!(
+        code,
+        // admin shutdown, crash shutdown, cannot connect now, database
+        // dropped, query canceled (statement timeout, pg_cancel_backend)
+        "57P01" | "57P02" | "57P03" | "57P04" | "57014"
+        // lock not available (lock_timeout), object in use
+        | "55P03" | "55006"
+    )
+}
+
 /// Describes a URL parse error without quoting the URL back.
 fn error_kind(e: &sqlx::Error) -> &'static str {
     match e {
@@ -149,6 +190,22 @@ mod tests {
         let err = DatabaseSettings::from_settings(&settings).unwrap_err();
         assert_eq!(err.setting, "DATABASE_URL");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn health_errors_are_transient_and_data_errors_are_not() {
+        for code in [
+            "08006", "40001", "40P01", "53100", "57P01", "57014", "55P03", "58030",
+        ] {
+            assert!(is_transient_sqlstate(code), "{code}");
+        }
+        // numeric out of range, unique violation, index row too large,
+        // raised by a trigger, undefined column, internal error
+        for code in ["22003", "23505", "54000", "P0001", "42703", "XX000"] {
+            assert!(!is_transient_sqlstate(code), "{code}");
+        }
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use super::{ApiError, ApiState};
 fn sort_column(name: &str) -> Option<&'static str> {
     Some(match name {
         "created_at" => "g.created_at",
-        "granted_at" => "(g.snapshot ->> 'granted_at')::timestamptz",
-        "revoked_at" => "(g.snapshot ->> 'revoked_at')::timestamptz",
+        "granted_at" => "g.granted_at",
+        "revoked_at" => "g.revoked_at",
         _ => return None,
     })
 }

@@ -36,6 +36,7 @@ pub enum Column<'a> {
     Text(Option<Cow<'a, str>>),
     Time(Option<DateTime<Utc>>),
     Bool(bool),
+    Int(Option<i64>),
 }
 
 /// A versioned upsert of one object.
@@ -67,6 +68,7 @@ impl Column<'_> {
             Self::Text(text) => Column::Text(text.map(|t| Cow::Owned(t.into_owned()))),
             Self::Time(time) => Column::Time(time),
             Self::Bool(b) => Column::Bool(b),
+            Self::Int(n) => Column::Int(n),
         }
     }
 }
@@ -134,6 +136,18 @@ struct Envelope<'a> {
     data: &'a RawValue,
 }
 
+/// The envelope's `type`, if the body is an envelope: what a failure
+/// recorded for reasons other than decoding still names.
+pub fn event_type(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct TypeOnly<'a> {
+        #[serde(rename = "type", borrow)]
+        event_type: Cow<'a, str>,
+    }
+    let envelope: TypeOnly<'_> = serde_json::from_slice(body).ok()?;
+    (!envelope.event_type.contains('\0')).then(|| envelope.event_type.into_owned())
+}
+
 /// Decodes one event. The type comes from the signed body, not from a header.
 pub fn decode(event: &IncomingEvent) -> Result<Decoded<'_>, DecodeError> {
     let envelope: Envelope<'_> = serde_json::from_slice(&event.body).map_err(|e| DecodeError {
@@ -171,6 +185,10 @@ pub fn decode(event: &IncomingEvent) -> Result<Decoded<'_>, DecodeError> {
         &mut changes,
     )
     .map_err(fail)?;
+    // Whatever the family, no identifier may outgrow its index entry.
+    for change in &changes.objects {
+        families::check_identifiers(change).map_err(fail)?;
+    }
     Ok(Decoded::Apply {
         event_type: envelope.event_type,
         changes,

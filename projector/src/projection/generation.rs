@@ -14,7 +14,7 @@ use super::families::Table;
 
 /// Version of `generation.sql`. A live generation built with another version
 /// must be rebuilt (`projector replay`) before this binary serves it.
-pub const DDL_VERSION: i32 = 3;
+pub const DDL_VERSION: i32 = 4;
 
 /// What reads across the object tables: states, failures, the effective views.
 const CROSS_FAMILY_DDL: &str = include_str!("generation.sql");

@@ -20,57 +20,98 @@ pub mod version;
 
 use sqlx::PgConnection;
 
+use hookstream_shared::db::is_transient;
+
 pub use decode::IncomingEvent;
 pub use generation::Generation;
 pub use store::{BatchOutcome, Reduction};
 
-/// Applies a batch inside the caller's transaction. If the database refuses
-/// the batch because of its data, each event is applied on its own (under a
-/// savepoint) and the ones still refused are recorded as failures, so one bad
-/// event never stalls a partition.
+/// How often an event is applied alone before a refusal counts as its own:
+/// a refusal that is not [transient](is_transient) repeats, but one try is
+/// no proof, so it is given a few.
+pub const TRIES_ALONE: u32 = 3;
+
+/// Applies a batch inside the caller's transaction.
+///
+/// If the database refuses the batch for any reason that is not
+/// [transient](is_transient) (a lost connection, a serialization failure or
+/// deadlock, a shutdown, an unavailable database: those fail the call, and
+/// the caller retries the batch), each event is applied on its own under a
+/// savepoint, up to [`TRIES_ALONE`] times; an event still refused is
+/// recorded in `apply_failures` with the database's reason and passed over,
+/// so no single event can stall a partition. The decoder refuses everything
+/// the database is known to refuse (see `decode`), so this is the net under
+/// it, not the first line.
 pub async fn apply(
     tx: &mut PgConnection,
     generation: &Generation,
     events: &[IncomingEvent],
 ) -> sqlx::Result<BatchOutcome> {
-    sqlx::query("savepoint apply_batch")
+    let batch_error = match apply_under_savepoint(tx, generation, events).await? {
+        Ok(outcome) => return Ok(outcome),
+        Err(refusal) => refusal,
+    };
+    tracing::warn!(
+        error = %batch_error,
+        events = events.len(),
+        "batch refused by the database; applying its events one by one"
+    );
+    let mut total = BatchOutcome::default();
+    for event in events {
+        let mut refusal = None;
+        for _ in 0..TRIES_ALONE {
+            match apply_under_savepoint(tx, generation, std::slice::from_ref(event)).await? {
+                Ok(outcome) => {
+                    merge(&mut total, outcome);
+                    refusal = None;
+                    break;
+                }
+                Err(e) => refusal = Some(e),
+            }
+        }
+        if let Some(e) = refusal {
+            tracing::warn!(
+                seq = event.seq,
+                webhook_id = %event.webhook_id,
+                error = %e,
+                "the database refused an event {TRIES_ALONE} times on its own; recorded as an apply failure"
+            );
+            store::record_refusal(tx, generation, event, &e.to_string()).await?;
+            total.failed += 1;
+        }
+    }
+    Ok(total)
+}
+
+/// Applies `events` under a savepoint. A transient error fails the call (the
+/// caller rolls the transaction back and retries); any other refusal is
+/// rolled back to the savepoint and returned, the transaction still usable.
+async fn apply_under_savepoint(
+    tx: &mut PgConnection,
+    generation: &Generation,
+    events: &[IncomingEvent],
+) -> sqlx::Result<Result<BatchOutcome, sqlx::Error>> {
+    sqlx::query("savepoint apply_events")
         .execute(&mut *tx)
         .await?;
     match store::apply_batch(tx, generation, events).await {
         Ok(outcome) => {
-            sqlx::query("release savepoint apply_batch")
+            sqlx::query("release savepoint apply_events")
                 .execute(&mut *tx)
                 .await?;
-            Ok(outcome)
+            Ok(Ok(outcome))
         }
-        Err(e) if is_caused_by_data(&e) => {
-            tracing::warn!(error = %e, events = events.len(), "batch refused by the database; applying its events one by one");
-            sqlx::query("rollback to savepoint apply_batch")
-                .execute(&mut *tx)
-                .await?;
-            let mut total = BatchOutcome::default();
-            for event in events {
-                sqlx::query("savepoint apply_one").execute(&mut *tx).await?;
-                match store::apply_batch(tx, generation, std::slice::from_ref(event)).await {
-                    Ok(outcome) => {
-                        sqlx::query("release savepoint apply_one")
-                            .execute(&mut *tx)
-                            .await?;
-                        merge(&mut total, outcome);
-                    }
-                    Err(e) if is_caused_by_data(&e) => {
-                        sqlx::query("rollback to savepoint apply_one")
-                            .execute(&mut *tx)
-                            .await?;
-                        store::record_refusal(tx, generation, event, &e.to_string()).await?;
-                        total.failed += 1;
-                    }
-                    Err(e) => return Err(e),
-                }
+        Err(e) if is_transient(&e) => Err(e),
+        Err(refusal) => {
+            // Rolled back to, a savepoint stays; released, it does not pile up.
+            for statement in [
+                "rollback to savepoint apply_events",
+                "release savepoint apply_events",
+            ] {
+                sqlx::query(statement).execute(&mut *tx).await?;
             }
-            Ok(total)
+            Ok(Err(refusal))
         }
-        Err(e) => Err(e),
     }
 }
 
@@ -90,16 +131,5 @@ fn merge(total: &mut BatchOutcome, outcome: BatchOutcome) {
         let into = total.customer_changes.entry(customer).or_default();
         into.tables.extend(change.tables);
         into.members.extend(change.members);
-    }
-}
-
-/// Data exceptions (class 22) and integrity violations (class 23) come from
-/// what was written, not from the database's health.
-pub fn is_caused_by_data(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-        _ => false,
     }
 }

@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
+use hookstream_shared::db::is_transient;
+
 use super::decode::{Column, Decoded, IncomingEvent, ObjectChange, StateChange, Table, decode};
 use super::families::customers::STATE_LISTS;
 use super::generation::Generation;
@@ -36,6 +38,16 @@ pub struct BatchOutcome {
     /// Per customer with a known id, what the batch wrote about it (for the
     /// change feed).
     pub customer_changes: BTreeMap<String, CustomerChange>,
+}
+
+/// An event that could not be applied, as `apply_failures` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub webhook_id: String,
+    /// The envelope's `type`, when the body got that far.
+    pub event_type: Option<String>,
+    /// Why, for the operator: the decoder's or the database's words.
+    pub reason: String,
 }
 
 /// What one batch wrote about one customer.
@@ -122,8 +134,8 @@ const ROWS_PER_STATEMENT: usize = 5_000;
 pub struct Reduction<'a> {
     objects: HashMap<(Table, String), ObjectChange<'a>>,
     states: HashMap<String, StateChange<'a>>,
-    /// By seq: webhook id, event type (if known), reason.
-    failures: BTreeMap<i64, (String, Option<String>, String)>,
+    /// By seq.
+    failures: BTreeMap<i64, Failure>,
     applied: BTreeMap<String, u64>,
     ignored: BTreeMap<String, u64>,
     /// Bytes of snapshots held, to bound an owning reduction's memory.
@@ -161,7 +173,11 @@ impl<'a> Reduction<'a> {
             Err(e) => {
                 self.failures.insert(
                     event.seq,
-                    (event.webhook_id.clone(), e.event_type, e.reason),
+                    Failure {
+                        webhook_id: event.webhook_id.clone(),
+                        event_type: e.event_type,
+                        reason: e.reason,
+                    },
                 );
             }
         }
@@ -287,25 +303,51 @@ impl<'a> Reduction<'a> {
     /// each statement committing by itself, and empties it. Statements touch
     /// disjoint rows (one per object), so they cannot conflict; effective
     /// rows are left to the caller ([`recompute_effective`], once at the
-    /// end). If one fails, the generation is incomplete and must be dropped.
+    /// end). If one fails transiently, the generation is incomplete and must
+    /// be dropped.
+    ///
+    /// A statement the database refuses otherwise is written again row by
+    /// row, and the events of the rows still refused are recorded in
+    /// `apply_failures`, as the live consumer records an event refused on its
+    /// own ([`super::apply`]): a replay finishes whatever the log holds.
     pub async fn write_concurrently(
         &mut self,
         pool: &PgPool,
         generation: &Generation,
         connections: usize,
     ) -> sqlx::Result<BatchOutcome> {
-        let (outcome, _, rows) = self.take();
+        let (mut outcome, _, rows) = self.take();
         // Each worker takes the next statement until none is left.
         let queue = std::sync::Mutex::new(rows.statements().into_iter());
         let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+        let refused = std::sync::Mutex::new(BTreeMap::<i64, String>::new());
         let worker = |_: usize| async {
             let mut connection = pool.acquire().await?;
             while let Some(statement) = next() {
-                statement.run(&mut connection, generation).await?;
+                match statement.run(&mut connection, generation).await {
+                    Ok(()) => {}
+                    Err(e) if is_transient(&e) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the database refused a write of a generation build; writing its rows one by one");
+                        let alone = statement
+                            .run_row_by_row(&mut connection, generation)
+                            .await?;
+                        refused
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(alone);
+                    }
+                }
             }
             Ok::<(), sqlx::Error>(())
         };
         futures::future::try_join_all((0..connections.max(1)).map(worker)).await?;
+        let refused = refused.into_inner().unwrap_or_else(|e| e.into_inner());
+        if !refused.is_empty() {
+            outcome.failed += refused.len() as u64;
+            let mut connection = pool.acquire().await?;
+            record_refusals(&mut connection, generation, &refused).await?;
+        }
         Ok(outcome)
     }
 
@@ -394,8 +436,8 @@ impl<'a> Reduction<'a> {
 struct Rows<'a> {
     objects: Vec<(Table, Vec<ObjectChange<'a>>)>,
     states: Vec<StateChange<'a>>,
-    /// By seq: webhook id, event type (if known), reason.
-    failures: BTreeMap<i64, (String, Option<String>, String)>,
+    /// By seq.
+    failures: BTreeMap<i64, Failure>,
     /// Rows written without a customer (revoked seats), whose customer is
     /// looked up once they are written.
     unattributed_seats: Vec<String>,
@@ -425,10 +467,11 @@ impl<'a> Rows<'a> {
 }
 
 /// One multi-row statement of a write.
+#[derive(Clone, Copy)]
 enum Statement<'r, 'a> {
     Objects(Table, &'r [ObjectChange<'a>]),
     States(&'r [StateChange<'a>]),
-    Failures(&'r BTreeMap<i64, (String, Option<String>, String)>),
+    Failures(&'r BTreeMap<i64, Failure>),
 }
 
 impl Statement<'_, '_> {
@@ -438,6 +481,46 @@ impl Statement<'_, '_> {
             Self::States(rows) => upsert_states(connection, generation, rows).await,
             Self::Failures(failures) => record_failures(connection, generation, failures).await,
         }
+    }
+
+    /// Runs the statement one row at a time, and returns the events (by seq)
+    /// whose rows the database still refuses, with its reason. Fails only
+    /// on a transient error.
+    async fn run_row_by_row(
+        self,
+        connection: &mut PgConnection,
+        generation: &Generation,
+    ) -> sqlx::Result<BTreeMap<i64, String>> {
+        let mut refused = BTreeMap::new();
+        let mut keep = |seq: i64, written: sqlx::Result<()>| match written {
+            Ok(()) => Ok(()),
+            Err(e) if is_transient(&e) => Err(e),
+            Err(e) => {
+                refused.entry(seq).or_insert_with(|| e.to_string());
+                Ok(())
+            }
+        };
+        match self {
+            Self::Objects(table, rows) => {
+                for row in rows {
+                    let written =
+                        upsert_objects(connection, generation, table, std::slice::from_ref(row))
+                            .await;
+                    keep(row.version.seq, written)?;
+                }
+            }
+            Self::States(rows) => {
+                for row in rows {
+                    let written =
+                        upsert_states(connection, generation, std::slice::from_ref(row)).await;
+                    keep(row.seq, written)?;
+                }
+            }
+            // Failures are text the reduction made; refusing them is not an
+            // event's doing.
+            Self::Failures(failures) => record_failures(connection, generation, failures).await?,
+        }
+        Ok(refused)
     }
 }
 
@@ -515,6 +598,14 @@ async fn upsert_objects(
                 rows.iter()
                     .map(|r| matches!(r.columns[i], Column::Bool(true)))
                     .collect::<Vec<bool>>(),
+            ),
+            Some(Column::Int(_)) => query.bind(
+                rows.iter()
+                    .map(|r| match r.columns[i] {
+                        Column::Int(n) => n,
+                        _ => None,
+                    })
+                    .collect::<Vec<Option<i64>>>(),
             ),
             Some(Column::Time(_)) => query.bind(
                 rows.iter()
@@ -626,7 +717,7 @@ pub async fn recompute_effective(
 async fn record_failures(
     tx: &mut PgConnection,
     generation: &Generation,
-    failures: &BTreeMap<i64, (String, Option<String>, String)>,
+    failures: &BTreeMap<i64, Failure>,
 ) -> sqlx::Result<()> {
     let sql = format!(
         "insert into {} (seq, webhook_id, event_type, reason)
@@ -639,19 +730,19 @@ async fn record_failures(
         .bind(
             failures
                 .values()
-                .map(|(w, _, _)| w.as_str())
+                .map(|f| f.webhook_id.as_str())
                 .collect::<Vec<&str>>(),
         )
         .bind(
             failures
                 .values()
-                .map(|(_, t, _)| t.as_deref())
+                .map(|f| f.event_type.as_deref())
                 .collect::<Vec<Option<&str>>>(),
         )
         .bind(
             failures
                 .values()
-                .map(|(_, _, r)| r.as_str())
+                .map(|f| f.reason.as_str())
                 .collect::<Vec<&str>>(),
         )
         .execute(&mut *tx)
@@ -666,14 +757,34 @@ pub async fn record_refusal(
     event: &IncomingEvent,
     reason: &str,
 ) -> sqlx::Result<()> {
-    let mut failures = BTreeMap::new();
-    failures.insert(
-        event.seq,
-        (
-            event.webhook_id.clone(),
-            None,
-            format!("the database refused it: {}", reason.replace('\0', "")),
-        ),
-    );
-    record_failures(tx, generation, &failures).await
+    record_failures(
+        tx,
+        generation,
+        &BTreeMap::from([(event.seq, refusal(event, reason))]),
+    )
+    .await
+}
+
+/// Records the logged events at `refused`'s seqs (with the database's
+/// reason for each) as refused.
+async fn record_refusals(
+    connection: &mut PgConnection,
+    generation: &Generation,
+    refused: &BTreeMap<i64, String>,
+) -> sqlx::Result<()> {
+    let seqs: Vec<i64> = refused.keys().copied().collect();
+    let events = super::from_log::events_at(connection, &seqs).await?;
+    let failures = events
+        .iter()
+        .filter_map(|event| Some((event.seq, refusal(event, refused.get(&event.seq)?))))
+        .collect();
+    record_failures(connection, generation, &failures).await
+}
+
+fn refusal(event: &IncomingEvent, reason: &str) -> Failure {
+    Failure {
+        webhook_id: event.webhook_id.clone(),
+        event_type: super::decode::event_type(&event.body),
+        reason: format!("the database refused it: {}", reason.replace('\0', "")),
+    }
 }

@@ -27,7 +27,7 @@ use crate::projection::decode::{ObjectChange, StateChange};
 use crate::projection::from_log::LogCursor;
 use crate::projection::generation::{self, Generation};
 use crate::projection::store::{self, Whose};
-use crate::projection::{self, BatchOutcome, IncomingEvent, Reduction, is_caused_by_data};
+use crate::projection::{self, BatchOutcome, IncomingEvent, Reduction};
 use progress::ProgressReport;
 
 /// Session advisory lock held for a whole replay or verify.
@@ -217,16 +217,7 @@ async fn write_reduction(
     reduction
         .write_concurrently(pool, generation, WRITE_CONNECTIONS)
         .await
-        .map_err(|e| {
-            // The decoder refuses, per event, everything Postgres cannot
-            // store, so a refusal here is a decoder gap, not bad input.
-            let context = if is_caused_by_data(&e) {
-                "the database refused a row the decoder accepted (a bug: please report it with the event)"
-            } else {
-                "cannot write the reduced events"
-            };
-            anyhow::Error::new(e).context(context)
-        })?;
+        .context("cannot write the reduced events")?;
     Ok(())
 }
 

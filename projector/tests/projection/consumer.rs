@@ -22,22 +22,27 @@ use crate::order_independence::polarsim_stream;
 
 const PARTITIONS: i32 = 3;
 
-struct Topic {
-    kafka: EmbeddedKafka,
-    name: String,
+pub(crate) struct Topic {
+    pub(crate) kafka: EmbeddedKafka,
+    pub(crate) name: String,
 }
 
 fn topic() -> Topic {
+    topic_with(PARTITIONS)
+}
+
+/// A fresh topic of `partitions` partitions on a broker of its own.
+pub(crate) fn topic_with(partitions: i32) -> Topic {
     hookstream_shared::telemetry::init_for_tests();
     let kafka = EmbeddedKafka::start(1).unwrap();
     let name = format!("test-{}", uuid::Uuid::new_v4());
-    kafka.create_topic(&name, PARTITIONS).unwrap();
+    kafka.create_topic(&name, partitions).unwrap();
     Topic { kafka, name }
 }
 
 /// Publishes events as ingest's relay does: keyed by customer, raw body,
 /// hookstream's headers.
-async fn publish(topic: &Topic, events: &[IncomingEvent]) {
+pub(crate) async fn publish(topic: &Topic, events: &[IncomingEvent]) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", topic.kafka.bootstrap_servers())
         .set("enable.idempotence", "true")
@@ -67,7 +72,7 @@ async fn publish(topic: &Topic, events: &[IncomingEvent]) {
     }
 }
 
-fn config(topic: &Topic, extra: &[(&str, &str)]) -> ProjectorConfig {
+pub(crate) fn config(topic: &Topic, extra: &[(&str, &str)]) -> ProjectorConfig {
     let mut vars: Vec<(String, String)> = vec![
         (
             "DATABASE_URL".into(),
@@ -90,12 +95,12 @@ fn config(topic: &Topic, extra: &[(&str, &str)]) -> ProjectorConfig {
     ProjectorConfig::from_settings(&Settings::from_vars(vars).unwrap()).unwrap()
 }
 
-struct Running {
+pub(crate) struct Running {
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
-async fn start(pool: &PgPool, config: ProjectorConfig) -> Running {
+pub(crate) async fn start(pool: &PgPool, config: ProjectorConfig) -> Running {
     let app = Application::build_with_pool(config, pool.clone())
         .await
         .unwrap();
@@ -105,7 +110,7 @@ async fn start(pool: &PgPool, config: ProjectorConfig) -> Running {
 }
 
 impl Running {
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.cancel();
         self.task.await.unwrap().unwrap();
     }
@@ -173,7 +178,7 @@ fn grants_to_new_customers(
 }
 
 /// Waits until the stored offsets cover `count` messages.
-async fn wait_consumed(pool: &PgPool, topic: &str, count: usize, within: Duration) {
+pub(crate) async fn wait_consumed(pool: &PgPool, topic: &str, count: usize, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let consumed = consumed(pool, topic).await;

@@ -2,10 +2,12 @@
 //! database, read back through the real read API (in-process).
 
 mod api;
+mod apply_fuzz;
 mod console;
 mod consumer;
 mod families;
 mod helpers;
 mod members;
 mod order_independence;
+mod poison;
 mod replay;

@@ -26,7 +26,7 @@ use crate::helpers::{Stream, benefit, customer, database_url, get, grant, live};
 use crate::order_independence::polarsim_stream;
 
 /// Appends events to the log as ingest does; returns them with their seqs.
-async fn log_events(pool: &PgPool, events: &[IncomingEvent]) -> Vec<IncomingEvent> {
+pub(crate) async fn log_events(pool: &PgPool, events: &[IncomingEvent]) -> Vec<IncomingEvent> {
     let mut logged = Vec::with_capacity(events.len());
     for chunk in events.chunks(500) {
         let new: Vec<NewEvent> = chunk
@@ -67,11 +67,11 @@ async fn dump_of(pool: &PgPool, generation: &Generation) -> BTreeMap<&'static st
         .unwrap()
 }
 
-fn quiet() -> ProgressReport {
+pub(crate) fn quiet() -> ProgressReport {
     ProgressReport::new(ProgressMode::Quiet, "test")
 }
 
-fn log_replay(keep_old: bool, chunk: usize) -> ReplayOptions {
+pub(crate) fn log_replay(keep_old: bool, chunk: usize) -> ReplayOptions {
     ReplayOptions {
         source: ReplaySource::Log,
         keep_old,

@@ -28,6 +28,9 @@ pub const TABLE: TableSpec = TableSpec {
         required("is_revoked", "boolean"),
         required("created_at", "timestamptz"),
         optional("member_id", "text"),
+        // For the read API's sorts: typed here, so a sort never casts text.
+        optional("granted_at", "timestamptz"),
+        optional("revoked_at", "timestamptz"),
     ],
     indexes: &["(customer_id, benefit_id)"],
     touches,
@@ -68,6 +71,10 @@ struct GrantData<'a> {
     is_revoked: bool,
     #[serde(borrow, default)]
     member_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    granted_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    revoked_at: Option<DateTime<Utc>>,
     #[serde(borrow, default)]
     customer: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -100,6 +107,8 @@ fn decode<'a>(
             Column::Bool(g.is_revoked),
             Column::Time(Some(g.created_at)),
             Column::Text(g.member_id),
+            Column::Time(g.granted_at),
+            Column::Time(g.revoked_at),
         ],
     ));
     Ok(())

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Family, Snapshot, Stamp, Table, TableSpec, Touch, change, optional, parse, required, text_at,
+    Family, Snapshot, Stamp, Table, TableSpec, Touch, change, free_text, optional, parse, required,
+    text_at,
 };
 use crate::projection::decode::{Changes, Column};
 use crate::projection::version::Rank;
@@ -18,7 +19,7 @@ pub const TABLE: TableSpec = TableSpec {
     snapshot: Snapshot::Text,
     columns: &[
         optional("customer_id", "text"),
-        optional("external_customer_id", "text"),
+        free_text("external_customer_id"),
         required("status", "text"),
     ],
     indexes: &[],

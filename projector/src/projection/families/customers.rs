@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Family, Snapshot, Stamp, Table, TableSpec, Touch, change, optional, parse, present, text_at,
+    Family, Snapshot, SqlInstant, Stamp, Table, TableSpec, Touch, change, free_text, objects,
+    optional, parse, present, text_at,
 };
 use crate::projection::decode::{Changes, Column, ObjectChange, StateChange};
 use crate::projection::version::Rank;
@@ -21,14 +22,14 @@ pub const TABLE: TableSpec = TableSpec {
     name: "customers",
     snapshot: Snapshot::Jsonb,
     columns: &[
-        optional("external_id", "text"),
-        optional("email", "text"),
+        free_text("external_id"),
+        free_text("email"),
         optional("deleted_at", "timestamptz"),
         // `individual` or `team`: a team's own external id is its owner
         // member's, so the person check reads it.
         optional("type", "text"),
     ],
-    indexes: &["(external_id) where external_id is not null"],
+    indexes: &["using hash (external_id) where external_id is not null"],
     touches,
 };
 
@@ -80,6 +81,7 @@ fn decode<'a>(
 ) -> Result<(), String> {
     let c: CustomerData<'_> = parse(data)?;
     if event_type == "customer.state_changed" {
+        check_state_lists(data)?;
         changes.state = Some(StateChange {
             customer_id: c.id.clone(),
             state_at: stamp.occurred,
@@ -95,6 +97,79 @@ fn decode<'a>(
         changes
             .objects
             .push(customer_change(c, data, stamp, Rank::OwnEvent));
+    }
+    Ok(())
+}
+
+/// The lists of a CustomerState, as far as SQL reads into them: the
+/// effective views take each item's ids (keys of their rows) and cast its
+/// `created_at`; the meters' read API sorts by their times and amounts.
+#[derive(Deserialize)]
+struct StateLists<'a> {
+    #[serde(borrow, default)]
+    active_subscriptions: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    granted_benefits: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    active_meters: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ListedSubscription<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(rename = "created_at")]
+    _created_at: SqlInstant,
+}
+
+#[derive(Deserialize)]
+struct ListedGrant<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    benefit_id: Cow<'a, str>,
+    #[serde(rename = "created_at")]
+    _created_at: SqlInstant,
+}
+
+/// Checked where present (read only to be checked): a meter's API sorts by
+/// these.
+#[derive(Deserialize)]
+struct ListedMeter {
+    #[serde(default, rename = "created_at")]
+    _created_at: Option<SqlInstant>,
+    #[serde(default, rename = "modified_at")]
+    _modified_at: Option<SqlInstant>,
+    #[serde(default, rename = "balance")]
+    _balance: Option<f64>,
+    #[serde(default, rename = "consumed_units")]
+    _consumed_units: Option<f64>,
+    #[serde(default, rename = "credited_units")]
+    _credited_units: Option<f64>,
+}
+
+/// Refuses a state whose lists SQL could not read: not arrays of objects,
+/// items without their ids and creation times, ids longer than an index
+/// entry, times Postgres cannot parse, meter amounts that are not numbers.
+fn check_state_lists(data: &RawValue) -> Result<(), String> {
+    let lists: StateLists<'_> = parse(data)?;
+    let subscriptions: Vec<ListedSubscription<'_>> =
+        objects(lists.active_subscriptions, "active_subscriptions")?;
+    let grants: Vec<ListedGrant<'_>> = objects(lists.granted_benefits, "granted_benefits")?;
+    let _: Vec<ListedMeter> = objects(lists.active_meters, "active_meters")?;
+    let ids = subscriptions
+        .iter()
+        .map(|s| ("active_subscriptions[].id", &s.id))
+        .chain(grants.iter().map(|g| ("granted_benefits[].id", &g.id)))
+        .chain(
+            grants
+                .iter()
+                .map(|g| ("granted_benefits[].benefit_id", &g.benefit_id)),
+        );
+    for (what, id) in ids {
+        if id.len() > super::MAX_ID_BYTES {
+            return Err(super::too_long(what, id.len()));
+        }
     }
     Ok(())
 }

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Family, Snapshot, Stamp, Table, TableSpec, Touch, change, optional, parse, present, required,
-    text_at,
+    Family, Snapshot, Stamp, Table, TableSpec, Touch, change, free_text, optional, parse, present,
+    required, text_at,
 };
 use crate::projection::decode::{Changes, Column, ObjectChange};
 use crate::projection::version::Rank;
@@ -26,14 +26,14 @@ pub const TABLE: TableSpec = TableSpec {
     snapshot: Snapshot::Jsonb,
     columns: &[
         required("customer_id", "text"),
-        optional("external_id", "text"),
-        optional("email", "text"),
+        free_text("external_id"),
+        free_text("email"),
         optional("role", "text"),
         required("created_at", "timestamptz"),
         optional("deleted_at", "timestamptz"),
     ],
     indexes: &[
-        "(external_id) where external_id is not null",
+        "using hash (external_id) where external_id is not null",
         "(customer_id)",
     ],
     touches,

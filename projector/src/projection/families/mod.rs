@@ -119,11 +119,19 @@ pub struct TableSpec {
 }
 
 /// A query column: its name and SQL type, and whether every row has one.
+///
+/// A text column is an identifier or an enum (an id, a status) unless it is
+/// declared [`free_text`]: identifiers are at most [`MAX_ID_BYTES`], and an
+/// event carrying a longer one is refused when decoded, so a btree index on
+/// them can never be refused a row. Free text (an external id, an email: the
+/// customer writes it) is kept whole however long, and may only be indexed
+/// with `using hash`, which stores a hash of the value, never the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ColumnSpec {
     pub name: &'static str,
     pub sql_type: &'static str,
     pub required: bool,
+    pub free_text: bool,
 }
 
 pub const fn required(name: &'static str, sql_type: &'static str) -> ColumnSpec {
@@ -131,6 +139,7 @@ pub const fn required(name: &'static str, sql_type: &'static str) -> ColumnSpec 
         name,
         sql_type,
         required: true,
+        free_text: false,
     }
 }
 
@@ -139,7 +148,46 @@ pub const fn optional(name: &'static str, sql_type: &'static str) -> ColumnSpec 
         name,
         sql_type,
         required: false,
+        free_text: false,
     }
+}
+
+/// An optional text column a customer writes (see [`ColumnSpec`]).
+pub const fn free_text(name: &'static str) -> ColumnSpec {
+    ColumnSpec {
+        name,
+        sql_type: "text",
+        required: false,
+        free_text: true,
+    }
+}
+
+/// Longest identifier or enum value a payload may carry: Polar's ids are
+/// 36-byte UUIDs and its webhook ids at most 256 bytes. Far below what a
+/// btree index entry can hold (about 2,700 bytes), even for two in one.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Refuses a change whose id, or an identifier column, is longer than
+/// [`MAX_ID_BYTES`]: the database would refuse its index entries.
+pub fn check_identifiers(change: &ObjectChange<'_>) -> Result<(), String> {
+    let table = change.table.name();
+    if change.id.len() > MAX_ID_BYTES {
+        return Err(too_long(&format!("{table}.id"), change.id.len()));
+    }
+    for (spec, value) in change.table.columns().iter().zip(&change.columns) {
+        if let Column::Text(Some(text)) = value
+            && !spec.free_text
+            && text.len() > MAX_ID_BYTES
+        {
+            return Err(too_long(&format!("{table}.{}", spec.name), text.len()));
+        }
+    }
+    Ok(())
+}
+
+/// The refusal for an identifier of `bytes` bytes.
+pub fn too_long(what: &str, bytes: usize) -> String {
+    format!("`{what}` is {bytes} bytes long; identifiers are at most {MAX_ID_BYTES}")
 }
 
 /// Whom a written row concerns.
@@ -257,12 +305,61 @@ pub fn family_of(event_type: &str) -> Option<&'static Family> {
 }
 
 /// Parses a family's payload; the error is the reason stored for a failure.
+/// Only a JSON object is a payload (serde would also read a struct from an
+/// array, whose keys SQL would then not find).
 pub fn parse<'a, T>(raw: &'a RawValue) -> Result<T, String>
 where
     T: serde::Deserialize<'a>,
 {
+    if !raw.get().starts_with('{') {
+        return Err("`data` is not a JSON object".to_owned());
+    }
     serde_json::from_str(raw.get())
         .map_err(|e| format!("`data` does not have the expected shape: {e}"))
+}
+
+/// The items of a JSON array of objects, each parsed as `T`; absent or
+/// null is none. SQL walks such lists with `jsonb_array_elements` and reads
+/// keys of each item: an array of anything else would fail it.
+pub fn objects<'a, T>(raw: Option<&'a RawValue>, what: &str) -> Result<Vec<T>, String>
+where
+    T: serde::Deserialize<'a>,
+{
+    let Some(raw) = present(raw) else {
+        return Ok(Vec::new());
+    };
+    let items: Vec<&'a RawValue> =
+        serde_json::from_str(raw.get()).map_err(|_| format!("`{what}` is not a JSON array"))?;
+    items
+        .into_iter()
+        .map(|item| {
+            if !item.get().starts_with('{') {
+                return Err(format!("an item of `{what}` is not a JSON object"));
+            }
+            serde_json::from_str(item.get())
+                .map_err(|e| format!("an item of `{what}` does not have the expected shape: {e}"))
+        })
+        .collect()
+}
+
+/// An instant as RFC 3339 text that Postgres's `timestamptz` input also
+/// accepts: for times SQL reads out of a snapshot as text. Postgres has no
+/// year 0, which chrono allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlInstant(pub DateTime<Utc>);
+
+impl<'de> serde::Deserialize<'de> for SqlInstant {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use chrono::Datelike as _;
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        let instant = DateTime::parse_from_rfc3339(&text)
+            .map_err(|_| serde::de::Error::custom("not an RFC 3339 date-time"))?
+            .with_timezone(&Utc);
+        if !(1..=9999).contains(&instant.year()) {
+            return Err(serde::de::Error::custom("a year outside 1 to 9999"));
+        }
+        Ok(Self(instant))
+    }
 }
 
 /// An embedded object, unless absent or null.
@@ -303,6 +400,7 @@ pub fn columns_fit(specs: &[ColumnSpec], values: &[Column<'_>]) -> bool {
                 Column::Text(_) => "text",
                 Column::Time(_) => "timestamptz",
                 Column::Bool(_) => "boolean",
+                Column::Int(_) => "bigint",
             };
             spec.sql_type == kind
         })
@@ -321,6 +419,27 @@ mod tests {
         let ddl = object_tables_ddl();
         for table in Table::ALL {
             assert!(ddl.contains(&format!("create table {{schema}}.{} (", table.name())));
+        }
+    }
+
+    /// A btree entry holds about 2,700 bytes: free text, which a customer
+    /// writes and may make any length, is indexed only by its hash.
+    #[test]
+    fn free_text_is_indexed_only_by_hash() {
+        for table in Table::ALL {
+            for column in table.columns().iter().filter(|c| c.free_text) {
+                for index in table.spec().indexes {
+                    let names_it = index
+                        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                        .any(|word| word == column.name);
+                    assert!(
+                        !names_it || index.starts_with("using hash ("),
+                        "{}: index {index:?} on free text {}",
+                        table.name(),
+                        column.name
+                    );
+                }
+            }
         }
     }
 

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Family, Snapshot, Stamp, Table, TableSpec, Touch, catalog, change, customers, optional, parse,
-    required, text_at,
+    Family, Snapshot, Stamp, Table, TableSpec, Touch, catalog, change, customers, objects,
+    optional, parse, required, text_at,
 };
 use crate::projection::decode::{Changes, Column};
 use crate::projection::version::Rank;
@@ -23,6 +23,11 @@ pub const TABLE: TableSpec = TableSpec {
         required("status", "text"),
         optional("started_at", "timestamptz"),
         required("created_at", "timestamptz"),
+        // For the read API's sorts: typed here, so a sort never casts text.
+        optional("current_period_end", "timestamptz"),
+        optional("ended_at", "timestamptz"),
+        optional("ends_at", "timestamptz"),
+        optional("amount", "bigint"),
     ],
     indexes: &["(customer_id)"],
     touches,
@@ -57,6 +62,17 @@ struct SubscriptionData<'a> {
     status: Cow<'a, str>,
     #[serde(default)]
     started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    current_period_end: Option<DateTime<Utc>>,
+    #[serde(default)]
+    ended_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    ends_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    amount: Option<i64>,
+    /// The effective view walks them (`jsonb_array_elements`).
+    #[serde(borrow, default)]
+    meters: Option<&'a RawValue>,
     #[serde(borrow, default)]
     customer: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -70,6 +86,7 @@ fn decode<'a>(
     changes: &mut Changes<'a>,
 ) -> Result<(), String> {
     let s: SubscriptionData<'_> = parse(data)?;
+    let _: Vec<&RawValue> = objects(s.meters, "meters")?;
     customers::push_embedded(changes, s.customer, stamp)?;
     catalog::push_embedded(changes, Table::Products, s.product, stamp)?;
     changes.objects.push(change(
@@ -83,6 +100,10 @@ fn decode<'a>(
             Column::Text(Some(s.status)),
             Column::Time(s.started_at),
             Column::Time(Some(s.created_at)),
+            Column::Time(s.current_period_end),
+            Column::Time(s.ended_at),
+            Column::Time(s.ends_at),
+            Column::Int(s.amount),
         ],
     ));
     Ok(())

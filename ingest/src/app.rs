@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use sqlx::PgPool;
@@ -14,14 +15,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use hookstream_shared::db;
-use hookstream_shared::http::no_delay;
+use hookstream_shared::server::serve;
 
 use crate::appender::Appender;
 use crate::config::IngestConfig;
-use crate::http::{AppState, Source, router};
+use crate::http::{AppState, Source, metrics_router, router};
 use crate::metrics::IngestMetrics;
 use crate::reconcile::periodic::PeriodicReconcile;
-use crate::relay::Relay;
+use crate::relay::{Relay, check_topic_takes};
 use crate::signature::{SigningKeys, Verifier};
 
 /// A built, not yet serving, ingest service.
@@ -29,6 +30,8 @@ use crate::signature::{SigningKeys, Verifier};
 pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
+    metrics_listener: TcpListener,
+    metrics_address: SocketAddr,
     state: AppState,
     batcher: JoinHandle<()>,
     relay: Relay,
@@ -92,6 +95,15 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on INGEST_LISTEN={}", config.listen))?;
         let address = listener.local_addr()?;
+        let metrics_listener = TcpListener::bind(config.metrics_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on INGEST_METRICS_LISTEN={}",
+                    config.metrics_listen
+                )
+            })?;
+        let metrics_address = metrics_listener.local_addr()?;
         let state = AppState {
             sources,
             appender,
@@ -103,6 +115,8 @@ impl Application {
         Ok(Self {
             listener,
             address,
+            metrics_listener,
+            metrics_address,
             state,
             batcher,
             relay,
@@ -117,6 +131,11 @@ impl Application {
         self.address
     }
 
+    /// The metrics listener's bound address.
+    pub fn metrics_address(&self) -> SocketAddr {
+        self.metrics_address
+    }
+
     pub fn metrics(&self) -> IngestMetrics {
         self.state.metrics.clone()
     }
@@ -124,10 +143,15 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then: stops accepting, lets
     /// in-flight requests finish (their batches commit), lets the relay publish
     /// what it can, flushes the producer.
+    ///
+    /// Stops with an error, as soon as the broker says so, if the topic takes
+    /// smaller messages than the events ingest accepts.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             listener,
             address,
+            metrics_listener,
+            metrics_address,
             state,
             batcher,
             relay,
@@ -135,20 +159,48 @@ impl Application {
             config,
             owns_pool,
         } = self;
-        tracing::info!(%address, sources = ?config.sources.iter().map(|s| &s.name).collect::<Vec<_>>(), "ingest listening");
+        tracing::info!(%address, %metrics_address, sources = ?config.sources.iter().map(|s| &s.name).collect::<Vec<_>>(), "ingest listening");
         let pool = state.pool.clone();
         let relay_stop = CancellationToken::new();
         let relay_task = tokio::spawn(relay.run(relay_stop.clone(), config.shutdown_grace));
         // A reconcile in progress stops between pages; what it appended stays.
         let reconcile_task = reconcile.map(|r| tokio::spawn(r.run(shutdown.clone())));
 
-        let app = router(state);
-        axum::serve(no_delay(listener), app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .context("HTTP server failed")?;
-        // The router and every Appender clone are gone now, so the batcher
-        // drains its queue and returns once the last batch has committed.
+        // Serving stops on shutdown, or when the topic is found too small.
+        let stop_serving = shutdown.child_token();
+        let topic_check = tokio::spawn({
+            let kafka = config.kafka.clone();
+            let limit = config.relay.message_limit;
+            let stop_serving = stop_serving.clone();
+            async move {
+                let checked = check_topic_takes(&kafka, limit).await;
+                if checked.is_err() {
+                    stop_serving.cancel();
+                }
+                checked
+            }
+        });
+        let state = Arc::new(state);
+        tokio::join!(
+            serve(
+                listener,
+                router(state.clone()),
+                config.connections,
+                stop_serving.clone(),
+                config.shutdown_grace,
+            ),
+            serve(
+                metrics_listener,
+                metrics_router(state.clone()),
+                config.connections,
+                stop_serving.clone(),
+                config.shutdown_grace,
+            ),
+        );
+        // Every router and Appender clone is gone with `state`, so the
+        // batcher drains its queue and returns once the last batch has
+        // committed.
+        drop(state);
         if tokio::time::timeout(config.shutdown_grace, batcher)
             .await
             .is_err()
@@ -164,8 +216,17 @@ impl Application {
         if relay_task.await.is_err() {
             tracing::error!("relay task panicked");
         }
+        let topic_too_small = if topic_check.is_finished() {
+            topic_check.await.ok().and_then(Result::err)
+        } else {
+            topic_check.abort();
+            None
+        };
         if owns_pool {
             pool.close().await;
+        }
+        if let Some(e) = topic_too_small {
+            return Err(e);
         }
         tracing::info!("ingest stopped");
         Ok(())

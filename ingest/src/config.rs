@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use hookstream_shared::config::{ConfigError, Secret, Settings};
 use hookstream_shared::db::DatabaseSettings;
-use hookstream_shared::kafka::KafkaSettings;
+use hookstream_shared::kafka::{self, KafkaSettings};
+use hookstream_shared::server::ConnectionLimits;
 use hookstream_shared::telemetry::LogSettings;
 
 use crate::appender::Linger;
@@ -14,8 +15,15 @@ use crate::signature::{KeyRule, SigningKeys};
 /// Everything ingest needs, read once at start.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
-    /// `INGEST_LISTEN` (`0.0.0.0:8080`).
+    /// `INGEST_LISTEN` (`0.0.0.0:8080`): the webhook endpoint, which Polar
+    /// must reach.
     pub listen: SocketAddr,
+    /// `INGEST_METRICS_LISTEN` (`127.0.0.1:9090`): Prometheus metrics, which
+    /// show business volume, on a listener of their own; loopback unless
+    /// the scraper needs more.
+    pub metrics_listen: SocketAddr,
+    /// `INGEST_HEADER_TIMEOUT` (`10s`): for both listeners' connections.
+    pub connections: ConnectionLimits,
     pub database: DatabaseSettings,
     pub kafka: KafkaSettings,
     /// The webhook sources, each at `POST /webhooks/{name}`.
@@ -175,13 +183,36 @@ pub struct SourceConfig {
 /// Limits on each webhook request.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
-    /// `INGEST_MAX_BODY_BYTES` (1 MiB): larger bodies get 413.
+    /// `INGEST_MAX_BODY_BYTES` (983040, 960 KiB): larger bodies get 413.
+    /// Kafka's message limits are derived from it
+    /// ([`hookstream_shared::kafka::message_limit`]): the default keeps them
+    /// within Kafka's and librdkafka's own defaults (1,000,000 bytes), so a
+    /// topic made with the broker's defaults takes every accepted event.
     pub max_body_bytes: usize,
-    /// `INGEST_MAX_IN_FLIGHT` (2048): webhook requests being read, verified
-    /// or waiting for their commit; more get 503 at once.
+    /// `INGEST_MAX_IN_FLIGHT` (2048): verified webhooks waiting for their
+    /// commit; more get 503 at once. A request takes a slot only once its
+    /// signature matched.
     pub max_in_flight: usize,
     /// `INGEST_BODY_TIMEOUT_MS` (10000): a body not fully received by then gets 408.
     pub body_timeout: Duration,
+    /// `INGEST_BODY_MIN_RATE` (65536, bytes a second; 0 turns it off): a
+    /// body of declared length gets a second plus the time it takes at
+    /// this rate (and never more than the body timeout), so a client
+    /// trickling a body holds its socket for a second, not ten.
+    pub body_min_rate: u64,
+}
+
+impl HttpSettings {
+    /// How long a body of `declared` bytes may take to arrive.
+    pub fn body_deadline(&self, declared: Option<u64>) -> Duration {
+        match declared {
+            Some(bytes) if self.body_min_rate > 0 => self.body_timeout.min(
+                Duration::from_secs(1)
+                    + Duration::from_secs_f64(bytes as f64 / self.body_min_rate as f64),
+            ),
+            _ => self.body_timeout,
+        }
+    }
 }
 
 /// Group commit: how requests are coalesced into batches.
@@ -221,7 +252,17 @@ pub struct RelaySettings {
     pub standby_retry: Duration,
     /// `KAFKA_MESSAGE_TIMEOUT_MS` (30000): librdkafka's delivery timeout.
     pub message_timeout: Duration,
+    /// The producer's `message.max.bytes` and `batch.size`, and the least
+    /// `max.message.bytes` the topic must take: derived from
+    /// `INGEST_MAX_BODY_BYTES`, never set on its own.
+    pub message_limit: usize,
 }
+
+/// `INGEST_MAX_BODY_BYTES` by default: see [`HttpSettings::max_body_bytes`].
+pub const DEFAULT_MAX_BODY_BYTES: usize = 960 * 1024;
+/// The largest `INGEST_MAX_BODY_BYTES`: a consumer receives at most
+/// librdkafka's `receive.message.max.bytes` (100 MB) in one response.
+const MAX_MAX_BODY_BYTES: usize = 64 << 20;
 
 impl IngestConfig {
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
@@ -240,16 +281,47 @@ impl IngestConfig {
                 "must be at least 1000",
             ));
         }
+        let max_body_bytes =
+            settings.positive_or("INGEST_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?;
+        if max_body_bytes > MAX_MAX_BODY_BYTES {
+            return Err(ConfigError::new(
+                "INGEST_MAX_BODY_BYTES",
+                format!("must be at most {MAX_MAX_BODY_BYTES}"),
+            ));
+        }
+        // The producer's limits follow the body limit; set by hand, they
+        // could refuse an event ingest has acknowledged.
+        for property in ["message.max.bytes", "batch.size"] {
+            if kafka.property(property).is_some() {
+                return Err(ConfigError::new(
+                    format!(
+                        "{}{}",
+                        kafka::PROPERTY_PREFIX,
+                        property.to_ascii_uppercase().replace('.', "_")
+                    ),
+                    format!(
+                        "is derived from INGEST_MAX_BODY_BYTES ({property} = the body limit + {} bytes); set INGEST_MAX_BODY_BYTES instead",
+                        kafka::MESSAGE_OVERHEAD_BYTES
+                    ),
+                ));
+            }
+        }
         Ok(Self {
             listen,
+            metrics_listen: settings.parse_or(
+                "INGEST_METRICS_LISTEN",
+                SocketAddr::from(([127, 0, 0, 1], 9090)),
+            )?,
+            connections: ConnectionLimits::from_settings(settings, "INGEST")?,
             database: DatabaseSettings::from_settings(settings)?,
             kafka,
             sources: sources_from_settings(settings)?,
             tolerance: settings.secs_or("WEBHOOK_TOLERANCE_SECS", 300)?,
             http: HttpSettings {
-                max_body_bytes: settings.positive_or("INGEST_MAX_BODY_BYTES", 1024 * 1024)?,
+                max_body_bytes,
                 max_in_flight: settings.positive_or("INGEST_MAX_IN_FLIGHT", 2048)?,
                 body_timeout: settings.millis_or("INGEST_BODY_TIMEOUT_MS", 10_000)?,
+                body_min_rate: settings.parse_or("INGEST_BODY_MIN_RATE", 64 * 1024)?,
             },
             batch: BatchSettings {
                 max_batch: settings.positive_or("INGEST_MAX_BATCH", 512)?,
@@ -268,6 +340,7 @@ impl IngestConfig {
                 sweep_after: settings.millis_or("RELAY_SWEEP_AFTER_MS", 5000)?,
                 standby_retry: settings.millis_or("RELAY_STANDBY_RETRY_MS", 2000)?,
                 message_timeout,
+                message_limit: kafka::message_limit(max_body_bytes),
             },
             log: LogSettings::from_settings(settings)?,
             shutdown_grace: settings.secs_or("SHUTDOWN_GRACE_SECS", 20)?,
@@ -418,8 +491,15 @@ mod tests {
         assert_eq!(c.sources.len(), 1);
         assert_eq!(c.sources[0].name, "polar");
         assert_eq!(c.sources[0].secrets.len(), 2);
-        assert_eq!(c.http.max_body_bytes, 1 << 20);
+        assert_eq!(c.http.max_body_bytes, 960 * 1024);
+        assert_eq!(c.relay.message_limit, 960 * 1024 + 8192);
+        assert!(
+            c.relay.message_limit <= 1_000_000,
+            "within Kafka's and librdkafka's default limits"
+        );
         assert_eq!(c.tolerance, Duration::from_secs(300));
+        assert_eq!(c.metrics_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.connections.header_timeout, Some(Duration::from_secs(10)));
         assert!(!format!("{c:?}").contains("polar_whs_abc"));
     }
 
@@ -432,7 +512,13 @@ mod tests {
             ("POLAR_WEBHOOK_KEY_RULE", "hmac"),
             ("WEBHOOK_TOLERANCE_SECS", "-1"),
             ("INGEST_MAX_BODY_BYTES", "0"),
+            ("INGEST_MAX_BODY_BYTES", "1000000000"),
+            ("KAFKA_PROPERTY_MESSAGE_MAX_BYTES", "2000000"),
+            ("KAFKA_PROPERTY_BATCH_SIZE", "16384"),
             ("INGEST_MAX_BATCH", "many"),
+            ("INGEST_METRICS_LISTEN", "localhost"),
+            ("INGEST_HEADER_TIMEOUT", "soon"),
+            ("INGEST_BODY_MIN_RATE", "-1"),
             ("KAFKA_MESSAGE_TIMEOUT_MS", "10"),
             ("LOG_FORMAT", "xml"),
             ("DATABASE_URL", "http://x"),

@@ -1,8 +1,11 @@
-//! The HTTP surface: `POST /webhooks/{source}`, health, readiness, metrics.
+//! The HTTP surface: `POST /webhooks/{source}`, health and readiness on the
+//! webhook listener; metrics (with health and readiness again) on a
+//! listener of their own, which need not be public.
 //!
-//! The webhook handler runs the checks in a fixed order (source, size,
-//! signature, content type, envelope) and touches the database only for an
-//! event that passed all of them.
+//! The webhook handler runs the checks in a fixed order (source, declared
+//! size, signature headers, body, signature, content type, envelope) and
+//! reserves a slot or touches the database only for an event that passed
+//! all of them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,24 +60,38 @@ pub struct AppState {
     pub pool: PgPool,
     pub metrics: IngestMetrics,
     pub limits: HttpSettings,
-    /// Bounds webhook requests in flight; when none is free, 503 at once.
+    /// Bounds verified webhooks waiting for their commit; when none is
+    /// free, 503 at once.
     pub in_flight: Semaphore,
 }
 
-pub fn router(state: AppState) -> Router {
+/// The webhook listener's routes.
+pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/webhooks/{source}", post(receive_webhook))
-        .route("/healthz", get(healthz))
-        .route(
-            "/readyz",
-            get(|State(s): State<Arc<AppState>>| async move { readyz(&s.pool).await }),
-        )
+        .merge(health_routes())
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(state)
+}
+
+/// The metrics listener's routes: Prometheus text, and health for probes
+/// that use this port.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
         .route(
             "/metrics",
             get(|State(s): State<Arc<AppState>>| async move { metrics_response(&s.metrics.registry) }),
         )
+        .merge(health_routes())
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .with_state(Arc::new(state))
+        .with_state(state)
+}
+
+fn health_routes() -> Router<Arc<AppState>> {
+    Router::new().route("/healthz", get(healthz)).route(
+        "/readyz",
+        get(|State(s): State<Arc<AppState>>| async move { readyz(&s.pool).await }),
+    )
 }
 
 /// The body of a 200: whether the event was new, and its place in the log.
@@ -107,8 +124,18 @@ async fn receive_webhook(
                     counters.accepted.inc();
                     "accepted"
                 }
-                Appended::Duplicate { .. } => {
+                Appended::Duplicate { seq, same_body } => {
                     counters.duplicate.inc();
+                    if !same_body {
+                        state.metrics.duplicate_body_mismatch.inc();
+                        tracing::warn!(
+                            source = %source,
+                            seq,
+                            webhook_id = %headers.get(crate::signature::HEADER_ID).and_then(|v| v.to_str().ok()).unwrap_or_default(),
+                            "a correctly signed delivery of a logged webhook-id carries a different body: \
+                             the signing secret may have leaked, or the sender reuses ids; the logged event stands"
+                        );
+                    }
                     "duplicate"
                 }
             };
@@ -145,6 +172,12 @@ async fn receive_webhook(
     }
 }
 
+/// The checks, cheapest and least trusting first. Nothing is reserved for
+/// a request until it is proven to come from the source: its length is
+/// declared within the limit, its signature headers are well formed and
+/// fresh, its body arrived at a decent rate and its signature matches. Only
+/// then does it take an in-flight slot, so an unauthenticated or slow client
+/// costs a socket and never a commit slot.
 async fn handle(
     state: &AppState,
     source: &str,
@@ -156,11 +189,6 @@ async fn handle(
         .get(source)
         .ok_or(IngestError::UnknownSource)?
         .verifier;
-    let _slot = state
-        .in_flight
-        .try_acquire()
-        .map_err(|_| IngestError::Overloaded)?;
-
     let limit = state.limits.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -169,24 +197,26 @@ async fn handle(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngestError::PayloadTooLarge { limit });
     }
-    let body =
-        match tokio::time::timeout(state.limits.body_timeout, axum::body::to_bytes(body, limit))
-            .await
-        {
-            Err(_) => return Err(IngestError::BodyTimeout),
-            Ok(Err(e)) if is_length_limit(&e) => {
-                return Err(IngestError::PayloadTooLarge { limit });
-            }
-            Ok(Err(_)) => return Err(IngestError::BodyUnreadable),
-            Ok(Ok(bytes)) => bytes,
-        };
-
-    let webhook = verifier.verify(headers, body, unix_now())?;
+    let signed = verifier.check_headers(headers, unix_now())?;
+    let deadline = state.limits.body_deadline(declared);
+    let body = match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Err(_) => return Err(IngestError::BodyTimeout),
+        Ok(Err(e)) if is_length_limit(&e) => {
+            return Err(IngestError::PayloadTooLarge { limit });
+        }
+        Ok(Err(_)) => return Err(IngestError::BodyUnreadable),
+        Ok(Ok(bytes)) => bytes,
+    };
+    let webhook = signed.verify(body)?;
 
     if !is_json_content_type(headers) {
         return Err(IngestError::UnsupportedMediaType);
     }
     let envelope = envelope::parse(webhook.body())?;
+    let _slot = state
+        .in_flight
+        .try_acquire()
+        .map_err(|_| IngestError::Overloaded)?;
     let span = tracing::debug_span!("append", webhook_id = %webhook.webhook_id(), event_type = %envelope.event_type);
     Ok(state
         .appender

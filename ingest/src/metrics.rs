@@ -39,6 +39,14 @@ pub struct IngestMetrics {
     pub relay_swept: IntCounter,
     /// Events Kafka did not acknowledge (retried later).
     pub relay_publish_errors: IntCounter,
+    /// Events Kafka refuses for good (the message itself), parked: the
+    /// projector applies them from the log; the console lists them.
+    pub relay_parked: IntCounter,
+    /// Deliveries of a logged webhook-id whose body differs from the logged
+    /// one: answered `duplicate` like any copy, but only someone holding the
+    /// signing secret can send one, so it means a forgery attempt with a
+    /// leaked secret, or a sender that reuses ids.
+    pub duplicate_body_mismatch: IntCounter,
     pub reconcile: ReconcileMetrics,
 }
 
@@ -186,6 +194,16 @@ impl IngestMetrics {
             "Events Kafka did not acknowledge (retried)",
         )
         .expect("metric");
+        let relay_parked = IntCounter::new(
+            "relay_parked_total",
+            "Events Kafka refuses for good, parked and applied from the log",
+        )
+        .expect("metric");
+        let duplicate_body_mismatch = IntCounter::new(
+            "duplicate_body_mismatch_total",
+            "Duplicate webhook-ids delivered with a different body",
+        )
+        .expect("metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(verification_failures.clone()),
@@ -200,6 +218,8 @@ impl IngestMetrics {
             Box::new(relay_published.clone()),
             Box::new(relay_swept.clone()),
             Box::new(relay_publish_errors.clone()),
+            Box::new(relay_parked.clone()),
+            Box::new(duplicate_body_mismatch.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -220,6 +240,8 @@ impl IngestMetrics {
             relay_published,
             relay_swept,
             relay_publish_errors,
+            relay_parked,
+            duplicate_body_mismatch,
         }
     }
 }

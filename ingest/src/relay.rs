@@ -20,6 +20,15 @@
 //! consumers tell copies apart by the `seq` header.
 //!
 //! Kafka being down stalls only the relay; webhooks are still accepted.
+//!
+//! A message Kafka refuses for itself (too large for the topic, a record the
+//! broker rejects) can never be published as it is: ingest's body limit and
+//! the producer's and topic's message limits are derived from one setting so
+//! that this cannot happen, but a topic reconfigured under a running service
+//! or a row a replica with a larger limit accepted can still bring one. Such
+//! an event is parked ([`event_log::park`]) instead of retried forever: out
+//! of the outbox, counted, shown in the console, and applied by the
+//! projector from the log.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +36,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use chrono::Utc;
 use futures::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use sqlx::postgres::PgConnectOptions;
@@ -134,6 +144,11 @@ impl Relay {
                 "message.timeout.ms",
                 settings.message_timeout.as_millis().to_string(),
             )
+            // Both derived from INGEST_MAX_BODY_BYTES (see
+            // `config::kafka_message_limit`): every body ingest accepts fits
+            // one message, and no batch outgrows what the topic takes.
+            .set("message.max.bytes", settings.message_limit.to_string())
+            .set("batch.size", settings.message_limit.to_string())
             .create()
             .context("cannot create the Kafka producer")?;
         let (sender, fresh) = mpsc::channel(FRESH_QUEUE_BATCHES);
@@ -187,11 +202,13 @@ impl Relay {
                     Err(_) => break,
                 }
             }
-            let (published, _failed) = self.publish(&events).await;
-            if !published.is_empty()
-                && let Err(e) = event_log::mark_published(&self.pool, &published).await
-            {
-                // Left queued: the sweep publishes them again, once.
+            let outcome = self.publish(&events).await;
+            let settled = match self.pool.acquire().await {
+                Ok(mut connection) => self.settle(&mut connection, &outcome).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = settled {
+                // Left queued: the sweep publishes (or parks) them again, once.
                 tracing::warn!(error = %e, "cannot dequeue published events");
             }
         }
@@ -246,7 +263,7 @@ impl Relay {
         connection: &mut PgConnection,
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
-        if let Err(e) = kafka::ensure_topic(&self.kafka).await {
+        if let Err(e) = kafka::ensure_topic(&self.kafka, Some(self.settings.message_limit)).await {
             // Not fatal: a broker that is down now may be back by the first publish.
             tracing::warn!(
                 error = format!("{e:#}"),
@@ -284,12 +301,12 @@ impl Relay {
                 continue;
             }
             let events: Vec<Outgoing> = rows.into_iter().map(Outgoing::from).collect();
-            let (published, failed) = self.publish(&events).await;
-            if !published.is_empty() {
-                event_log::mark_published(&mut *connection, &published).await?;
-                self.metrics.relay_swept.inc_by(published.len() as u64);
-            }
-            if failed > 0 {
+            let outcome = self.publish(&events).await;
+            self.settle(&mut *connection, &outcome).await?;
+            self.metrics
+                .relay_swept
+                .inc_by(outcome.published.len() as u64);
+            if outcome.failed > 0 {
                 if draining {
                     return Ok(());
                 }
@@ -303,9 +320,8 @@ impl Relay {
         }
     }
 
-    /// Sends every event and waits for Kafka's answers. Returns the seqs Kafka
-    /// acknowledged and the number it did not.
-    async fn publish(&self, events: &[Outgoing]) -> (Vec<i64>, usize) {
+    /// Sends every event and waits for Kafka's answers.
+    async fn publish(&self, events: &[Outgoing]) -> Published {
         // join_all polls in order, so messages are enqueued in the order given
         // and the idempotent producer keeps it within each partition.
         let deliveries = join_all(events.iter().map(|event| {
@@ -323,22 +339,51 @@ impl Relay {
                 .send(record, Timeout::After(self.settings.message_timeout))
         }))
         .await;
-        let mut published = Vec::with_capacity(events.len());
-        let mut failed = 0;
+        let mut outcome = Published {
+            published: Vec::with_capacity(events.len()),
+            refused: Vec::new(),
+            failed: 0,
+        };
         for (event, delivery) in events.iter().zip(deliveries) {
             match delivery {
-                Ok(_) => published.push(event.seq),
+                Ok(_) => outcome.published.push(event.seq),
+                Err((e, _)) if never_publishable(&e) => {
+                    tracing::error!(
+                        error = %e,
+                        seq = event.seq,
+                        webhook_id = %event.webhook_id,
+                        body_bytes = event.body.len(),
+                        "Kafka refuses this event's message itself; parked (the projector applies it from the log)"
+                    );
+                    outcome.refused.push((event.seq, e.to_string()));
+                }
                 Err((e, _)) => {
-                    if failed == 0 {
+                    if outcome.failed == 0 {
                         tracing::warn!(error = %e, seq = event.seq, webhook_id = %event.webhook_id, "Kafka did not acknowledge; left queued");
                     }
-                    failed += 1;
+                    outcome.failed += 1;
                 }
             }
         }
-        self.metrics.relay_published.inc_by(published.len() as u64);
-        self.metrics.relay_publish_errors.inc_by(failed as u64);
-        (published, failed)
+        self.metrics
+            .relay_published
+            .inc_by(outcome.published.len() as u64);
+        self.metrics
+            .relay_publish_errors
+            .inc_by(outcome.failed as u64);
+        outcome
+    }
+
+    /// Dequeues what Kafka acknowledged and parks what it refused.
+    async fn settle(&self, connection: &mut PgConnection, outcome: &Published) -> sqlx::Result<()> {
+        if !outcome.published.is_empty() {
+            event_log::mark_published(&mut *connection, &outcome.published).await?;
+        }
+        if !outcome.refused.is_empty() {
+            let parked = event_log::park(&mut *connection, &outcome.refused).await?;
+            self.metrics.relay_parked.inc_by(parked);
+        }
+        Ok(())
     }
 
     async fn measure_backlog(&self, connection: &mut PgConnection) -> anyhow::Result<()> {
@@ -351,6 +396,62 @@ impl Relay {
         self.metrics.relay_lag_seconds.set(lag);
         Ok(())
     }
+}
+
+/// Fails if the topic takes smaller messages than `message_limit` (the
+/// limit `INGEST_MAX_BODY_BYTES` implies): events ingest acknowledged would
+/// be refused by Kafka, so the service stops with this error. A broker that
+/// cannot be reached or cannot say is no reason to stop; a topic changed
+/// later is what parking is for.
+pub async fn check_topic_takes(kafka: &KafkaSettings, message_limit: usize) -> anyhow::Result<()> {
+    match kafka::topic_message_limit(kafka).await {
+        Ok(Some(limit)) if limit < message_limit => anyhow::bail!(
+            "Kafka topic {} takes messages of at most {limit} bytes (its max.message.bytes), \
+             but INGEST_MAX_BODY_BYTES={} needs {message_limit}: raise the topic's \
+             max.message.bytes to at least {message_limit}, or lower INGEST_MAX_BODY_BYTES",
+            kafka.topic,
+            message_limit - kafka::MESSAGE_OVERHEAD_BYTES,
+        ),
+        Ok(Some(limit)) => {
+            tracing::debug!(topic = %kafka.topic, limit, message_limit, "the topic takes every message ingest can accept");
+            Ok(())
+        }
+        Ok(None) => {
+            tracing::debug!(topic = %kafka.topic, "the broker does not report the topic's message limit");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(error = format!("{e:#}"), topic = %kafka.topic, "cannot read the topic's message limit yet");
+            Ok(())
+        }
+    }
+}
+
+/// What Kafka made of a round of events.
+#[derive(Debug)]
+struct Published {
+    /// Acknowledged: dequeue.
+    published: Vec<i64>,
+    /// Refused for good, with Kafka's reason: park.
+    refused: Vec<(i64, String)>,
+    /// Not acknowledged this time: left queued, retried.
+    failed: usize,
+}
+
+/// Whether Kafka refuses the message itself, so no retry can succeed: it is
+/// larger than the producer or the topic takes, or the broker rejects the
+/// record. Everything else (a broker away, a timeout, a leader moving, an
+/// authorization to be fixed) may pass later.
+fn never_publishable(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
 }
 
 /// About 200 ms, doubling to at most 10 s.

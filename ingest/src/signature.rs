@@ -190,6 +190,19 @@ impl Verifier {
         body: Bytes,
         now: i64,
     ) -> Result<VerifiedWebhook, VerifyError> {
+        self.check_headers(headers, now)?.verify(body)
+    }
+
+    /// Checks everything about a request that needs no body: the three
+    /// headers are there once each and well formed, the timestamp is within
+    /// the tolerance of `now`, and at least one `v1` signature could be an
+    /// HMAC-SHA256. A request that fails here is refused before its body is
+    /// read or anything is reserved for it.
+    pub fn check_headers<'h>(
+        &'h self,
+        headers: &'h HeaderMap,
+        now: i64,
+    ) -> Result<SignedHeaders<'h>, VerifyError> {
         let id = single_header(headers, HEADER_ID)?;
         let timestamp_text = single_header(headers, HEADER_TIMESTAMP)?;
         let signatures = single_header(headers, HEADER_SIGNATURE)?;
@@ -217,22 +230,41 @@ impl Verifier {
         if candidates.is_empty() {
             return Err(VerifyError::NoV1Signature);
         }
+        Ok(SignedHeaders {
+            keys: &self.keys,
+            id,
+            timestamp: timestamp.to_string(),
+            candidates,
+        })
+    }
+}
 
-        // The reference libraries sign the timestamp as an integer, so sign the
-        // parsed value rather than the header text.
-        let timestamp_signed = timestamp.to_string();
+/// A request's signature headers that passed [`Verifier::check_headers`]:
+/// what is left is to check the signatures against the body.
+#[derive(Debug)]
+pub struct SignedHeaders<'h> {
+    keys: &'h SigningKeys,
+    id: &'h str,
+    /// As signed: the decimal the header carried, without padding.
+    timestamp: String,
+    candidates: Vec<[u8; 32]>,
+}
+
+impl SignedHeaders<'_> {
+    /// The webhook if one of its signatures is an HMAC of `body` under one
+    /// of the source's keys; every key is tried against every signature,
+    /// in constant time.
+    pub fn verify(self, body: Bytes) -> Result<VerifiedWebhook, VerifyError> {
         let mut matched = subtle::Choice::from(0u8);
         for key in &self.keys.0 {
-            let expected = sign(key, id, &timestamp_signed, &body);
-            // Every candidate is compared, in constant time, so the time taken
-            // says nothing about which byte or which entry differed.
-            for candidate in &candidates {
+            let expected = sign(key, self.id, &self.timestamp, &body);
+            for candidate in &self.candidates {
                 matched |= expected.ct_eq(candidate);
             }
         }
         if bool::from(matched) {
             Ok(VerifiedWebhook {
-                webhook_id: id.to_owned(),
+                webhook_id: self.id.to_owned(),
                 body,
             })
         } else {

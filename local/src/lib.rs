@@ -27,6 +27,9 @@ pub struct Pipeline {
     pub kafka: Option<EmbeddedKafka>,
     pub ingest_address: SocketAddr,
     pub projector_address: SocketAddr,
+    /// Where each service serves its metrics.
+    pub ingest_metrics_address: SocketAddr,
+    pub projector_metrics_address: SocketAddr,
     pub topic: String,
     stop: CancellationToken,
     ingest: JoinHandle<anyhow::Result<()>>,
@@ -81,6 +84,8 @@ impl Pipeline {
             kafka,
             ingest_address: ingest.address(),
             projector_address: projector.address(),
+            ingest_metrics_address: ingest.metrics_address(),
+            projector_metrics_address: projector.metrics_address(),
             topic: kafka_settings.topic,
             ingest: tokio::spawn(ingest.run_until_stopped(stop.clone())),
             projector: tokio::spawn(projector.run_until_stopped(stop.clone())),

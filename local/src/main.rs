@@ -123,6 +123,10 @@ fn print_banner(pipeline: &Pipeline, generated_token: Option<&str>, secret_file:
             topic: &pipeline.topic,
             webhooks: &format!("http://{}/webhooks/polar", pipeline.ingest_address),
             api: &format!("http://{}", pipeline.projector_address),
+            metrics: &format!(
+                "http://{}/metrics (ingest), http://{}/metrics (projector)",
+                pipeline.ingest_metrics_address, pipeline.projector_metrics_address
+            ),
             generated_token,
             secret_file,
         })
@@ -135,6 +139,7 @@ struct Banner<'a> {
     topic: &'a str,
     webhooks: &'a str,
     api: &'a str,
+    metrics: &'a str,
     /// The read API token, when this run generated it; otherwise the user
     /// gave `PROJECTOR_API_TOKENS`, which is not echoed.
     generated_token: Option<&'a str>,
@@ -147,6 +152,7 @@ fn banner(b: &Banner<'_>) -> String {
         topic,
         webhooks,
         api,
+        metrics,
         generated_token,
         secret_file,
     } = b;
@@ -173,6 +179,7 @@ fn banner(b: &Banner<'_>) -> String {
   read API   {api}
   token      {token}
   console    {api}/console/ (log in with PROJECTOR_CONSOLE_TOKENS, else the token above)
+  metrics    {metrics}
   try        curl -H 'Authorization: Bearer {bearer}' '{api}/v1/entitlements/check?external_id=<user id>&benefit_id=<benefit id>'
 Ctrl-C stops.
 "
@@ -189,6 +196,7 @@ mod tests {
             topic: "polar.events",
             webhooks: "http://127.0.0.1:8080/webhooks/polar",
             api: "http://127.0.0.1:8081",
+            metrics: "http://127.0.0.1:9090/metrics (ingest)",
             generated_token,
             secret_file: None,
         })

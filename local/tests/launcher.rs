@@ -50,6 +50,8 @@ async fn hookstream_runs_the_pipeline_from_one_command() {
         .env("DATABASE_URL", format!("{server}/{name}"))
         .env("INGEST_LISTEN", "127.0.0.1:0")
         .env("PROJECTOR_LISTEN", "127.0.0.1:0")
+        .env("INGEST_METRICS_LISTEN", "127.0.0.1:0")
+        .env("PROJECTOR_METRICS_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()

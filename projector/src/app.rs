@@ -10,16 +10,17 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use hookstream_shared::http::no_delay;
+use hookstream_shared::server::serve;
 use hookstream_shared::{db, kafka};
 
-use crate::api::{self, ApiShared, ApiState, EntitlementCache};
+use crate::api::{self, ApiShared, ApiState, EntitlementCache, FailureThrottle};
 use crate::changes::CHANGES_CHANNEL;
 use crate::config::ProjectorConfig;
 use crate::console::{self, ConsoleShared, ConsoleState};
 use crate::consumer;
 use crate::metrics::ProjectorMetrics;
 use crate::projection::generation;
+use crate::rebuild::reapply;
 use crate::{applied, feed, push};
 
 /// A built, not yet running, projector.
@@ -27,6 +28,8 @@ use crate::{applied, feed, push};
 pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
+    metrics_listener: TcpListener,
+    metrics_address: SocketAddr,
     state: ApiState,
     config: ProjectorConfig,
     /// Whether the pool was made here (and so is closed here on shutdown).
@@ -49,7 +52,7 @@ impl Application {
     pub async fn build_with_pool(config: ProjectorConfig, pool: PgPool) -> anyhow::Result<Self> {
         let live = generation::ensure_live(&pool).await?;
         tracing::info!(generation = %live, "live projections");
-        if let Err(e) = kafka::ensure_topic(&config.kafka).await {
+        if let Err(e) = kafka::ensure_topic(&config.kafka, None).await {
             // The consumer connects by itself once the broker is reachable.
             tracing::warn!(
                 error = format!("{e:#}"),
@@ -60,6 +63,15 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on PROJECTOR_LISTEN={}", config.listen))?;
         let address = listener.local_addr()?;
+        let metrics_listener = TcpListener::bind(config.metrics_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on PROJECTOR_METRICS_LISTEN={}",
+                    config.metrics_listen
+                )
+            })?;
+        let metrics_address = metrics_listener.local_addr()?;
         let state = ApiState::new(ApiShared {
             pool,
             tokens: config.api_tokens.clone(),
@@ -68,10 +80,13 @@ impl Application {
                 config.cache_entries,
                 config.cache_ttl,
             )),
+            throttle: FailureThrottle::new(),
         });
         Ok(Self {
             listener,
             address,
+            metrics_listener,
+            metrics_address,
             state,
             config,
             owns_pool: false,
@@ -80,6 +95,11 @@ impl Application {
 
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The metrics listener's bound address.
+    pub fn metrics_address(&self) -> SocketAddr {
+        self.metrics_address
     }
 
     pub fn metrics(&self) -> ProjectorMetrics {
@@ -94,6 +114,8 @@ impl Application {
         let Self {
             listener,
             address,
+            metrics_listener,
+            metrics_address,
             state,
             config,
             owns_pool,
@@ -135,8 +157,13 @@ impl Application {
             pool.clone(),
             config.consumer.changes_retention,
         ));
-        tracing::info!(%address, topic = %config.kafka.topic, group = %config.consumer.group_id, "projector serving");
+        let parked = tokio::spawn(apply_parked_events(
+            pool.clone(),
+            config.consumer.changes_retention.is_some(),
+        ));
+        tracing::info!(%address, %metrics_address, topic = %config.kafka.topic, group = %config.consumer.group_id, "projector serving");
         let stop_serving = CancellationToken::new();
+        let metrics_state = state.clone();
         let mut routes = api::router(state.clone());
         if let Some(console) = &config.console {
             routes = routes.merge(console::router(ConsoleState::new(ConsoleShared {
@@ -145,33 +172,37 @@ impl Application {
                 topic: config.kafka.topic.clone(),
                 group: config.consumer.group_id.clone(),
                 feed_on: config.consumer.changes_retention.is_some(),
+                throttle: FailureThrottle::new(),
             })));
         }
-        let server = axum::serve(no_delay(listener), routes)
-            .with_graceful_shutdown(stop_serving.clone().cancelled_owned());
-        let mut server = tokio::spawn(async move { server.await });
+        // Change streams and waiting reads hold their connections open; past
+        // the grace they are closed (their clients reconnect elsewhere).
+        let server = tokio::spawn(futures::future::join(
+            serve(
+                listener,
+                routes,
+                config.connections,
+                stop_serving.clone(),
+                config.shutdown_grace,
+            ),
+            serve(
+                metrics_listener,
+                api::metrics_router(metrics_state),
+                config.connections,
+                stop_serving.clone(),
+                config.shutdown_grace,
+            ),
+        ));
         let consumer_died = tokio::select! {
             () = shutdown.cancelled() => false,
             () = consumer_exited.cancelled() => true,
         };
         stop_serving.cancel();
-        // Change streams and waiting reads hold their connections open; past
-        // the grace they are closed (their clients reconnect elsewhere).
-        match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-            Ok(joined) => joined
-                .context("read API task")?
-                .context("read API failed")?,
-            Err(_) => {
-                tracing::warn!(
-                    grace_secs = config.shutdown_grace.as_secs_f64(),
-                    "read API connections still open after SHUTDOWN_GRACE_SECS; closing them"
-                );
-                server.abort();
-            }
-        }
+        server.await.context("read API task")?;
         consumer_stop.cancel();
         invalidation.abort();
         pruning.abort();
+        parked.abort();
         push_stop.cancel();
         if let Some(pushing) = pushing {
             // Stops between attempts; a change in flight is sent again next time.
@@ -207,6 +238,24 @@ async fn prune_history(pool: PgPool, feed_retention: Option<Duration>) {
         }
         if let Err(e) = applied::prune(&pool, PLACEMENT_RETENTION).await {
             tracing::warn!(error = %e, "cannot prune event placements");
+        }
+        if let Err(e) = console::prune_ended_sessions(&pool).await {
+            tracing::warn!(error = %e, "cannot prune ended console sessions");
+        }
+    }
+}
+
+/// How often a replica looks for events the relay parked.
+const PARKED_POLL: Duration = Duration::from_secs(5);
+
+/// Applies events the relay parked (Kafka refuses their message) from the
+/// log, as soon as a replica finds them.
+async fn apply_parked_events(pool: PgPool, feed_on: bool) {
+    let mut every = tokio::time::interval(PARKED_POLL);
+    loop {
+        every.tick().await;
+        if let Err(e) = reapply::apply_parked(&pool, feed_on).await {
+            tracing::warn!(error = format!("{e:#}"), "cannot apply parked events yet");
         }
     }
 }

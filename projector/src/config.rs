@@ -7,17 +7,24 @@ use crate::push::PushSettings;
 use hookstream_shared::config::{ConfigError, Secret, Settings};
 use hookstream_shared::db::DatabaseSettings;
 use hookstream_shared::kafka::KafkaSettings;
+use hookstream_shared::server::ConnectionLimits;
 use hookstream_shared::telemetry::LogSettings;
 
-/// Shortest accepted API token: long enough that guessing is hopeless for a
-/// real token, short enough for `dev-token` in local runs.
-const MIN_TOKEN_LEN: usize = 8;
+/// Shortest accepted token (API and console): 32 random characters are
+/// beyond guessing at any rate; a short one is refused at start. The local
+/// launcher generates its own, long enough.
+pub const MIN_TOKEN_LEN: usize = 32;
 
 /// What `projector` (the service) needs.
 #[derive(Debug, Clone)]
 pub struct ProjectorConfig {
-    /// `PROJECTOR_LISTEN` (`0.0.0.0:8081`): the read API.
+    /// `PROJECTOR_LISTEN` (`0.0.0.0:8081`): the read API (and the console).
     pub listen: SocketAddr,
+    /// `PROJECTOR_METRICS_LISTEN` (`127.0.0.1:9091`): Prometheus metrics, on
+    /// a listener of their own; loopback unless the scraper needs more.
+    pub metrics_listen: SocketAddr,
+    /// `PROJECTOR_HEADER_TIMEOUT` (`10s`): for both listeners' connections.
+    pub connections: ConnectionLimits,
     pub database: DatabaseSettings,
     pub kafka: KafkaSettings,
     /// `PROJECTOR_API_TOKENS`: bearer tokens the read API accepts, comma-separated.
@@ -101,6 +108,11 @@ impl ProjectorConfig {
         Ok(Self {
             listen: settings
                 .parse_or("PROJECTOR_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8081)))?,
+            metrics_listen: settings.parse_or(
+                "PROJECTOR_METRICS_LISTEN",
+                SocketAddr::from(([127, 0, 0, 1], 9091)),
+            )?,
+            connections: ConnectionLimits::from_settings(settings, "PROJECTOR")?,
             database: DatabaseSettings::from_settings(settings)?,
             kafka,
             api_tokens,
@@ -163,7 +175,10 @@ mod tests {
         let mut vars: Vec<(String, String)> = [
             ("DATABASE_URL", "postgres://localhost/x"),
             ("KAFKA_BROKERS", "localhost:9092"),
-            ("PROJECTOR_API_TOKENS", "token-one-abc,token-two-xyz"),
+            (
+                "PROJECTOR_API_TOKENS",
+                "token-one-0123456789abcdef0123456789,token-two-0123456789abcdef0123456789",
+            ),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -188,10 +203,11 @@ mod tests {
 
     #[test]
     fn the_console_can_have_its_own_tokens_or_be_off() {
-        let c = with(&[("PROJECTOR_CONSOLE_TOKENS", "operator-token-1")]).unwrap();
+        let operator = "operator-token-0123456789abcdef0123";
+        let c = with(&[("PROJECTOR_CONSOLE_TOKENS", operator)]).unwrap();
         let tokens = c.console.unwrap().tokens;
         assert_eq!(tokens.len(), 1);
-        assert_eq!(tokens[0].expose(), "operator-token-1");
+        assert_eq!(tokens[0].expose(), operator);
         assert!(
             with(&[("PROJECTOR_CONSOLE", "false")])
                 .unwrap()
@@ -259,10 +275,20 @@ mod tests {
         for (name, value) in [
             ("PROJECTOR_LISTEN", "8081"),
             ("PROJECTOR_API_TOKENS", ""),
-            ("PROJECTOR_API_TOKENS", "ok-token-1,short"),
+            (
+                "PROJECTOR_API_TOKENS",
+                "ok-token-1-0123456789abcdef012345678,short",
+            ),
+            // 31 characters: one short of the least.
+            ("PROJECTOR_API_TOKENS", "0123456789abcdef0123456789abcde"),
             ("PROJECTOR_BATCH_SIZE", "0"),
             ("PROJECTOR_CONSOLE", "maybe"),
-            ("PROJECTOR_CONSOLE_TOKENS", "ok-token-1,short"),
+            (
+                "PROJECTOR_CONSOLE_TOKENS",
+                "ok-token-1-0123456789abcdef012345678,short",
+            ),
+            ("PROJECTOR_METRICS_LISTEN", "9091"),
+            ("PROJECTOR_HEADER_TIMEOUT", "soon"),
             ("PROJECTOR_SESSION_TIMEOUT_MS", "5"),
             ("KAFKA_BROKERS", ""),
             ("KAFKA_TOPIC_PARTITIONS", "0"),

@@ -178,20 +178,21 @@ impl Settings {
             Some(at) => text.split_at(at),
             None => (text, "s"),
         };
-        let seconds_per_unit = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
+        let millis_per_unit = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
             _ => 0,
         };
         match number.parse::<u64>() {
-            Ok(n) if n > 0 && seconds_per_unit > 0 => Ok(Some(Duration::from_secs(
-                n.saturating_mul(seconds_per_unit),
+            Ok(n) if n > 0 && millis_per_unit > 0 => Ok(Some(Duration::from_millis(
+                n.saturating_mul(millis_per_unit),
             ))),
             _ => Err(ConfigError::new(
                 name,
-                "must be a duration such as 900, 90s, 30m, 6h or 1d (or off)",
+                "must be a duration such as 900, 500ms, 90s, 30m, 6h or 1d (or off)",
             )),
         }
     }

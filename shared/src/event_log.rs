@@ -55,14 +55,17 @@ pub enum Appended {
     /// A new row was written with this sequence number.
     New { seq: i64 },
     /// The `(source, webhook_id)` was already in the log (or earlier in the same
-    /// batch) under this sequence number; nothing was written.
-    Duplicate { seq: i64 },
+    /// batch) under this sequence number; nothing was written. `same_body`
+    /// says whether this copy's body is the one logged: a retry always is,
+    /// so a different body under a logged id means someone else signed it
+    /// (a leaked secret) or a sender reuses ids.
+    Duplicate { seq: i64, same_body: bool },
 }
 
 impl Appended {
     pub fn seq(self) -> i64 {
         match self {
-            Self::New { seq } | Self::Duplicate { seq } => seq,
+            Self::New { seq } | Self::Duplicate { seq, .. } => seq,
         }
     }
 }
@@ -149,7 +152,8 @@ pub async fn append_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Ve
 
     if seq_of.len() < unique.len() {
         // Some were already there. A fresh statement sees rows that concurrent
-        // batches committed while our insert waited on them.
+        // batches committed while our insert waited on them. Their bodies are
+        // compared where they lie, not sent back.
         let missing: Vec<usize> = unique
             .iter()
             .copied()
@@ -162,15 +166,17 @@ pub async fn append_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Ve
             .iter()
             .map(|&i| events[i].webhook_id.as_str())
             .collect();
+        let m_bodies: Vec<&[u8]> = missing.iter().map(|&i| &events[i].body[..]).collect();
         let existing = sqlx::query!(
             r#"
-            select l.seq, l.source, l.webhook_id
+            select l.seq, l.source, l.webhook_id, l.body = wanted.body as "same_body!"
             from event_log l
-            join unnest($1::text[], $2::text[]) as wanted(source, webhook_id)
+            join unnest($1::text[], $2::text[], $3::bytea[]) as wanted(source, webhook_id, body)
               on l.source = wanted.source and l.webhook_id = wanted.webhook_id
             "#,
             &m_sources as &[&str],
             &m_ids as &[&str],
+            &m_bodies as &[&[u8]],
         )
         .fetch_all(pool)
         .await?;
@@ -179,7 +185,10 @@ pub async fn append_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Ve
                 let e = &events[i];
                 seq_of.insert(
                     (e.source.as_str(), e.webhook_id.as_str()),
-                    Appended::Duplicate { seq: row.seq },
+                    Appended::Duplicate {
+                        seq: row.seq,
+                        same_body: row.same_body,
+                    },
                 );
             }
         }
@@ -198,17 +207,29 @@ pub async fn append_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Ve
                     e.webhook_id
                 ))
             })?;
-            let is_first_copy = first_of.get(&key) == Some(&i);
+            let first = first_of[&key];
+            if first == i {
+                return Ok(outcome);
+            }
+            // A later copy in the batch: the logged body is the first copy's
+            // (inserted now) or the one the first copy was compared with.
+            let same_as_first = e.body == events[first].body;
             Ok(match outcome {
-                Appended::New { seq } if !is_first_copy => Appended::Duplicate { seq },
-                other => other,
+                Appended::New { seq } => Appended::Duplicate {
+                    seq,
+                    same_body: same_as_first,
+                },
+                Appended::Duplicate { seq, same_body } => Appended::Duplicate {
+                    seq,
+                    same_body: same_body && same_as_first,
+                },
             })
         })
         .collect::<sqlx::Result<Vec<Appended>>>()?;
     let duplicates: Vec<i64> = outcomes
         .iter()
         .filter_map(|outcome| match outcome {
-            Appended::Duplicate { seq } => Some(*seq),
+            Appended::Duplicate { seq, .. } => Some(*seq),
             Appended::New { .. } => None,
         })
         .collect();
@@ -270,17 +291,102 @@ pub async fn mark_published(executor: impl PgExecutor<'_>, seqs: &[i64]) -> sqlx
     Ok(done.rows_affected())
 }
 
-/// How far the relay is behind: unpublished rows and the age of the oldest.
+/// Moves events Kafka can never take as they are out of the outbox, with
+/// Kafka's reason, so the relay stops retrying them; a projector then
+/// applies them from the log ([`take_unapplied_parked`]).
+pub async fn park(executor: impl PgExecutor<'_>, parked: &[(i64, String)]) -> sqlx::Result<u64> {
+    let seqs: Vec<i64> = parked.iter().map(|(seq, _)| *seq).collect();
+    let reasons: Vec<&str> = parked.iter().map(|(_, reason)| reason.as_str()).collect();
+    let moved = sqlx::query!(
+        "with dequeued as (delete from event_log_outbox where seq = any($1) returning seq)
+         insert into event_log_parked (seq, reason)
+         select d.seq, r.reason
+         from dequeued d join unnest($1::int8[], $2::text[]) as r(seq, reason) on r.seq = d.seq
+         on conflict (seq) do nothing",
+        &seqs,
+        &reasons as &[&str],
+    )
+    .execute(executor)
+    .await?;
+    Ok(moved.rows_affected())
+}
+
+/// Up to `limit` parked events no projector has applied yet, locked for the
+/// caller's transaction (others skip them), in `seq` order.
+pub async fn take_unapplied_parked(
+    executor: impl PgExecutor<'_>,
+    limit: i64,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar!(
+        "select seq from event_log_parked where applied_at is null
+         order by seq limit $1 for update skip locked",
+        limit
+    )
+    .fetch_all(executor)
+    .await
+}
+
+/// Every parked event's seq, applied or not: what a replay from Kafka must
+/// take from the log.
+pub async fn parked_seqs(executor: impl PgExecutor<'_>) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar!("select seq from event_log_parked order by seq")
+        .fetch_all(executor)
+        .await
+}
+
+/// Marks parked events applied from the log.
+pub async fn mark_parked_applied(executor: impl PgExecutor<'_>, seqs: &[i64]) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update event_log_parked set applied_at = now() where seq = any($1)",
+        seqs
+    )
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// A parked event, as the console lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedEvent {
+    pub seq: i64,
+    pub webhook_id: String,
+    pub event_type: String,
+    pub reason: String,
+    pub parked_at: DateTime<Utc>,
+    pub applied_at: Option<DateTime<Utc>>,
+}
+
+/// The most recently parked events, newest first, at most `limit`.
+pub async fn parked(executor: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<ParkedEvent>> {
+    sqlx::query_as!(
+        ParkedEvent,
+        "select p.seq, l.webhook_id, l.event_type, p.reason, p.parked_at, p.applied_at
+         from event_log_parked p join event_log l on l.seq = p.seq
+         order by p.seq desc limit $1",
+        limit
+    )
+    .fetch_all(executor)
+    .await
+}
+
+/// How far the relay is behind: unpublished rows and the age of the oldest;
+/// and what it parked.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backlog {
     pub unpublished: i64,
     pub oldest_received_at: Option<DateTime<Utc>>,
+    /// Events parked (Kafka refuses their message), all told.
+    pub parked: i64,
+    /// Of those, the ones no projector has applied from the log yet.
+    pub parked_unapplied: i64,
 }
 
 pub async fn backlog(executor: impl PgExecutor<'_>) -> sqlx::Result<Backlog> {
     let row = sqlx::query!(
         r#"
-        select count(*) as "unpublished!", min(l.received_at) as oldest
+        select count(*) as "unpublished!", min(l.received_at) as oldest,
+               (select count(*) from event_log_parked) as "parked!",
+               (select count(*) from event_log_parked where applied_at is null) as "parked_unapplied!"
         from event_log_outbox o
         join event_log l on l.seq = o.seq
         "#
@@ -290,5 +396,7 @@ pub async fn backlog(executor: impl PgExecutor<'_>) -> sqlx::Result<Backlog> {
     Ok(Backlog {
         unpublished: row.unpublished,
         oldest_received_at: row.oldest,
+        parked: row.parked,
+        parked_unapplied: row.parked_unapplied,
     })
 }

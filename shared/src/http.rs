@@ -92,17 +92,3 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub const BATCH_SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
 ];
-
-/// The listener both services serve on: every accepted connection gets
-/// `TCP_NODELAY`. Without it, a response written in two segments waits for the
-/// client's delayed ACK (about 40 ms on Linux) before its second segment.
-pub fn no_delay(
-    listener: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
-    use axum::serve::ListenerExt as _;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    })
-}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::mocking::MockCluster;
@@ -163,6 +163,11 @@ impl KafkaSettings {
         }
     }
 
+    /// The value of pass-through property `name` (`message.max.bytes`), if set.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties.0.get(name).map(String::as_str)
+    }
+
     /// A client config with the bootstrap servers and pass-through properties set.
     /// Callers add what their role needs (idempotence, group id).
     pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
@@ -197,11 +202,64 @@ fn kafka_error_text(e: &KafkaError) -> String {
     e.to_string()
 }
 
-/// Creates the topic if it does not exist. A topic that exists is left as it
+/// Bytes a message needs beyond its event's body: the key (at most 256
+/// bytes, `envelope`'s bound), four headers (a webhook id of at most 256
+/// bytes, a type of at most 128, a source of at most 64, a seq of at most 20,
+/// and their names), and the record's and its batch's framing, under 200
+/// bytes. Eight KiB leaves room to spare.
+pub const MESSAGE_OVERHEAD_BYTES: usize = 8 * 1024;
+
+/// The Kafka message limit (the producer's `message.max.bytes` and
+/// `batch.size`, the least `max.message.bytes` the topic must take) for
+/// event bodies of at most `max_body` bytes: every body accepted fits one
+/// message, so whatever ingest acknowledges can be published.
+pub const fn message_limit(max_body: usize) -> usize {
+    max_body + MESSAGE_OVERHEAD_BYTES
+}
+
+/// The most bytes a message of the topic may have, as the broker reports
+/// it (the topic's `max.message.bytes`, its own or the broker's default);
+/// `None` when the broker cannot say (librdkafka's mock cluster implements
+/// no DescribeConfigs).
+pub async fn topic_message_limit(settings: &KafkaSettings) -> anyhow::Result<Option<usize>> {
+    let admin: AdminClient<DefaultClientContext> = settings
+        .client_config()?
+        .create()
+        .context("cannot create a Kafka admin client")?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let topic = ResourceSpecifier::Topic(&settings.topic);
+    let described = match admin.describe_configs([&topic], &options).await {
+        Ok(described) => described,
+        Err(KafkaError::AdminOp(
+            RDKafkaErrorCode::UnsupportedVersion | RDKafkaErrorCode::UnsupportedFeature,
+        )) => return Ok(None),
+        Err(e) => return Err(e).context("cannot read the topic's configuration"),
+    };
+    let resource = match described.into_iter().next() {
+        Some(Ok(resource)) => resource,
+        Some(Err(
+            RDKafkaErrorCode::UnsupportedVersion
+            | RDKafkaErrorCode::UnsupportedFeature
+            | RDKafkaErrorCode::UnknownTopicOrPartition,
+        ))
+        | None => return Ok(None),
+        Some(Err(code)) => anyhow::bail!("cannot read the topic's configuration: {code}"),
+    };
+    Ok(resource
+        .get("max.message.bytes")
+        .and_then(|entry| entry.value.as_deref())
+        .and_then(|value| value.parse().ok()))
+}
+
+/// Creates the topic if it does not exist, taking messages of at least
+/// `max_message_bytes` when given. A topic that exists is left as it
 /// is (no CreateTopics permission needed). A broker that does not implement
 /// CreateTopics (librdkafka's mock cluster) is left to create it on first use;
 /// that is logged.
-pub async fn ensure_topic(settings: &KafkaSettings) -> anyhow::Result<()> {
+pub async fn ensure_topic(
+    settings: &KafkaSettings,
+    max_message_bytes: Option<usize>,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = settings
         .client_config()?
         .create()
@@ -225,11 +283,15 @@ pub async fn ensure_topic(settings: &KafkaSettings) -> anyhow::Result<()> {
     if exists.context("cannot read Kafka metadata")? {
         return Ok(());
     }
-    let topic = NewTopic::new(
+    let limit = max_message_bytes.map(|bytes| bytes.to_string());
+    let mut topic = NewTopic::new(
         &settings.topic,
         settings.partitions,
         TopicReplication::Fixed(settings.replication),
     );
+    if let Some(limit) = &limit {
+        topic = topic.set("max.message.bytes", limit);
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin.create_topics([&topic], &options).await;
     let code = match results {

@@ -22,6 +22,7 @@ pub mod http;
 pub mod kafka;
 pub mod progress;
 pub mod retry;
+pub mod server;
 pub mod shutdown;
 pub mod signing;
 pub mod telemetry;

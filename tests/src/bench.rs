@@ -73,14 +73,22 @@ pub fn free_port() -> anyhow::Result<u16> {
 pub struct Service {
     child: Child,
     pub base_url: String,
+    /// Its metrics listener (`<BINARY>_METRICS_LISTEN`, on a port of its own).
+    pub metrics_url: String,
 }
 
 impl Service {
     /// Starts `binary` (a sibling of this executable) with `env`, listening on
-    /// `port`, and waits until its `/readyz` answers 200.
+    /// `port` and serving metrics on a free port, and waits until its
+    /// `/readyz` answers 200.
     pub async fn start(binary: &str, port: u16, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let path = sibling_binary(binary)?;
         let mut command = Command::new(&path);
+        let metrics_port = free_port()?;
+        command.env(
+            format!("{}_METRICS_LISTEN", binary.to_ascii_uppercase()),
+            format!("127.0.0.1:{metrics_port}"),
+        );
         command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         command.env(
             "RUST_LOG",
@@ -108,6 +116,7 @@ impl Service {
         let service = Self {
             child,
             base_url: format!("http://127.0.0.1:{port}"),
+            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -609,7 +618,7 @@ impl Broker {
                 let mut settings =
                     hookstream_shared::kafka::KafkaSettings::for_brokers(bootstrap, topic);
                 settings.partitions = partitions;
-                hookstream_shared::kafka::ensure_topic(&settings).await
+                hookstream_shared::kafka::ensure_topic(&settings, None).await
             }
         }
     }

@@ -38,7 +38,7 @@ use crate::postgres::PrivatePostgres;
 use crate::{generate, polarsim_command, read_events};
 
 const SECRET: &str = "polar_whs_chaos_run_secret_0123456789abcdef";
-const TOKEN: &str = "chaos-token-0123456789";
+const TOKEN: &str = "chaos-token-0123456789abcdef0123456789";
 const TOPIC: &str = "polar.events";
 const PARTITIONS: i32 = 6;
 

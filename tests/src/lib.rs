@@ -65,6 +65,8 @@ pub fn pipeline_settings(
         ("PROJECTOR_API_TOKENS", api_token),
         ("INGEST_LISTEN", "127.0.0.1:0"),
         ("PROJECTOR_LISTEN", "127.0.0.1:0"),
+        ("INGEST_METRICS_LISTEN", "127.0.0.1:0"),
+        ("PROJECTOR_METRICS_LISTEN", "127.0.0.1:0"),
         ("RELAY_POLL_INTERVAL_MS", "200"),
     ]
     .iter()

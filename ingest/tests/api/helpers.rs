@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use hookstream_ingest::metrics::IngestMetrics;
 use hookstream_ingest::signature::{KeyRule, signature_header};
 use hookstream_ingest::{Application, IngestConfig};
 use hookstream_shared::config::{Secret, Settings};
@@ -21,10 +22,13 @@ pub const PARTITIONS: i32 = 3;
 
 pub struct TestIngest {
     pub base_url: String,
+    /// The metrics listener: `{metrics_url}/metrics`.
+    pub metrics_url: String,
     pub pool: PgPool,
     pub kafka: EmbeddedKafka,
     pub topic: String,
     pub client: reqwest::Client,
+    metrics: IngestMetrics,
     shutdown: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -50,6 +54,7 @@ impl TestIngest {
             ("KAFKA_TOPIC".into(), topic.clone()),
             ("POLAR_WEBHOOK_SECRET".into(), SECRET.into()),
             ("INGEST_LISTEN".into(), "127.0.0.1:0".into()),
+            ("INGEST_METRICS_LISTEN".into(), "127.0.0.1:0".into()),
             ("RELAY_POLL_INTERVAL_MS".into(), "200".into()),
             ("RELAY_SWEEP_AFTER_MS".into(), "300".into()),
             ("KAFKA_MESSAGE_TIMEOUT_MS".into(), "3000".into()),
@@ -65,10 +70,13 @@ impl TestIngest {
             .await
             .expect("ingest builds");
         let base_url = format!("http://{}", app.address());
+        let metrics_url = format!("http://{}", app.metrics_address());
+        let metrics = app.metrics();
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         Self {
             base_url,
+            metrics_url,
             pool,
             kafka,
             topic,
@@ -76,9 +84,15 @@ impl TestIngest {
                 hookstream_shared::tls::use_ring_provider();
                 reqwest::Client::new()
             },
+            metrics,
             shutdown,
             server: Some(server),
         }
+    }
+
+    /// The running service's metrics.
+    pub fn metrics(&self) -> &IngestMetrics {
+        &self.metrics
     }
 
     /// A correctly signed Polar webhook for `body` under `id`.

@@ -596,3 +596,190 @@ async fn every_hostile_request_is_refused_stores_nothing_and_harms_nothing(pool:
     assert_eq!(app.log_count().await, 1);
     app.stop().await;
 }
+
+/// Opens a connection and sends the head of a webhook that promises a
+/// 100,000-byte body, then trickles the body a byte every 100 ms until the
+/// server closes the connection. Returns when it has.
+async fn trickle(address: String, signature: String, id: String) {
+    let ts = now();
+    let head = format!(
+        "POST /webhooks/polar HTTP/1.1\r\nhost: ingest\r\ncontent-type: application/json\r\n\
+         webhook-id: {id}\r\nwebhook-timestamp: {ts}\r\nwebhook-signature: {signature}\r\n\
+         content-length: 100000\r\n\r\n"
+    );
+    let Ok(mut stream) = TcpStream::connect(&address).await else {
+        return;
+    };
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    for _ in 0..600 {
+        tokio::select! {
+            read = stream.read(&mut sink) => {
+                // An answer, or the connection closed: the server is done.
+                if matches!(read, Ok(_) | Err(_)) { return; }
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                if stream.write_all(b" ").await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// DESIGN.md guarantee 6: fifty clients that never finish a body, half with
+/// a signature header that cannot be one, half with one that only the body
+/// could disprove, take no slot from twenty correctly signed webhooks.
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn clients_trickling_unsigned_bodies_take_no_commit_slot(pool: PgPool) {
+    let app = TestIngest::spawn_with(pool, &[("INGEST_MAX_IN_FLIGHT", "40")]).await;
+    let address = app.base_url.trim_start_matches("http://").to_owned();
+    let plausible = format!("v1,{}", base64_of_32_bytes());
+    let tricklers: Vec<_> = (0..50)
+        .map(|i| {
+            let signature = if i % 2 == 0 {
+                "v1,AAAA".to_owned()
+            } else {
+                plausible.clone()
+            };
+            tokio::spawn(trickle(address.clone(), signature, format!("slow-{i}")))
+        })
+        .collect();
+    // Every trickler's head is in before the real webhooks come.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sends: Vec<_> = (0..20)
+        .map(|i| {
+            let body = polar_event(
+                "customer.created",
+                serde_json::json!({"id": format!("cus_{i}")}),
+            );
+            app.webhook(&format!("real-{i}"), &body).send()
+        })
+        .collect();
+    let statuses: Vec<u16> = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(app.log_count().await, 20);
+    // The trickled bodies are cut off: one that cannot be signed at its
+    // head, the others once they fall behind the minimum rate.
+    let cut_off = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::future::join_all(tricklers),
+    )
+    .await;
+    assert!(
+        cut_off.is_ok(),
+        "trickling clients were still connected after 10 s"
+    );
+    app.stop().await;
+}
+
+fn base64_of_32_bytes() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+}
+
+/// Reads until the server closes the connection, or `within` passes;
+/// whether it closed.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut sink = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn slow_headers_and_idle_connections_are_closed(pool: PgPool) {
+    let app = TestIngest::spawn_with(pool, &[("INGEST_HEADER_TIMEOUT", "500ms")]).await;
+    for address in [
+        app.base_url.trim_start_matches("http://"),
+        app.metrics_url.trim_start_matches("http://"),
+    ] {
+        // A head that never ends.
+        let mut slow = TcpStream::connect(address).await.unwrap();
+        slow.write_all(b"POST /webhooks/polar HTTP/1.1\r\nhost: ingest\r\n")
+            .await
+            .unwrap();
+        // A keep-alive connection that goes quiet after one request.
+        let mut idle = TcpStream::connect(address).await.unwrap();
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: ingest\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 256];
+        let read = idle.read(&mut answer).await.unwrap();
+        assert!(answer[..read].starts_with(b"HTTP/1.1 200"), "{address}");
+        // A connection that never says anything.
+        let mut silent = TcpStream::connect(address).await.unwrap();
+        for (what, stream) in [
+            ("slow head", &mut slow),
+            ("idle", &mut idle),
+            ("silent", &mut silent),
+        ] {
+            assert!(
+                closed_within(stream, Duration::from_secs(5)).await,
+                "{address}: a {what} connection was still open after 5 s"
+            );
+        }
+    }
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn a_replayed_webhook_id_with_another_body_is_a_duplicate_and_raises_the_alarm(pool: PgPool) {
+    let app = TestIngest::spawn(pool).await;
+    let original = polar_event("customer.created", serde_json::json!({"id": "cus_1"}));
+    let forged = polar_event(
+        "customer.created",
+        serde_json::json!({"id": "cus_1", "email": "x@evil.example"}),
+    );
+    for body in [&original, &original] {
+        assert_eq!(
+            app.webhook("wh-1", body).send().await.unwrap().status(),
+            200
+        );
+    }
+    assert_eq!(
+        app.metrics().duplicate_body_mismatch.get(),
+        0,
+        "a true retry is no alarm"
+    );
+    let answer: serde_json::Value = app
+        .webhook("wh-1", &forged)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], "duplicate");
+    assert_eq!(app.metrics().duplicate_body_mismatch.get(), 1);
+    // Within one batch too: two copies that differ, sent at once.
+    let bodies = [
+        polar_event("customer.created", serde_json::json!({"id": "cus_2"})),
+        polar_event(
+            "customer.created",
+            serde_json::json!({"id": "cus_2", "name": "other"}),
+        ),
+    ];
+    let both =
+        futures::future::join_all(bodies.iter().map(|b| app.webhook("wh-2", b).send())).await;
+    assert!(both.iter().all(|r| r.as_ref().unwrap().status() == 200));
+    assert_eq!(app.metrics().duplicate_body_mismatch.get(), 2);
+    let stored: Vec<u8> =
+        sqlx::query_scalar("select body from event_log where webhook_id = 'wh-1'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, original.as_bytes(), "the first body stays");
+    app.stop().await;
+}

@@ -136,3 +136,85 @@ async fn rows_left_unpublished_by_a_crash_are_published_on_start(pool: PgPool) {
     assert_eq!(ids, vec!["early", "late"]);
     app.stop().await;
 }
+
+/// A body `len` bytes long: a Polar envelope padded with one long string.
+fn body_of(len: usize, event_type: &str, customer_id: &str) -> String {
+    let skeleton = polar_event(
+        event_type,
+        json!({"id": "ord_big", "customer_id": customer_id, "pad": ""}),
+    );
+    let pad = len.checked_sub(skeleton.len()).expect("room for padding");
+    let body = skeleton.replace("\"pad\":\"\"", &format!("\"pad\":\"{}\"", "x".repeat(pad)));
+    assert_eq!(body.len(), len);
+    body
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn every_body_ingest_accepts_is_published_and_one_byte_more_is_refused(pool: PgPool) {
+    let app = TestIngest::spawn(pool).await;
+    let limit = hookstream_ingest::config::DEFAULT_MAX_BODY_BYTES;
+    // The largest event there can be: the longest webhook id, type and key
+    // ingest accepts, around the largest body.
+    let id = "w".repeat(256);
+    let event_type = format!("order.{}", "t".repeat(122));
+    let key = "k".repeat(256);
+    let largest = body_of(limit, &event_type, &key);
+    let answer = app.webhook(&id, &largest).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    app.wait_all_published(Duration::from_secs(10)).await;
+    let messages = app.read_topic(1, Duration::from_secs(10)).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].payload().map(<[u8]>::len), Some(limit));
+    assert_eq!(messages[0].key(), Some(key.as_bytes()));
+
+    let over = body_of(limit + 1, "order.paid", "cus_1");
+    let refused = app.webhook("one-byte-over", &over).send().await.unwrap();
+    assert_eq!(refused.status(), 413, "refused before the 200");
+    assert_eq!(app.log_count().await, 1, "the refused body stored nothing");
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn an_event_kafka_can_never_take_is_parked_not_retried_forever(pool: PgPool) {
+    // A row a replica with a larger body limit accepted (or a topic whose
+    // limit was lowered since): larger than this relay's producer takes.
+    let body = body_of(
+        hookstream_ingest::config::DEFAULT_MAX_BODY_BYTES + 100_000,
+        "order.paid",
+        "cus_1",
+    );
+    let appended = hookstream_shared::event_log::append_batch(
+        &pool,
+        &[hookstream_shared::event_log::NewEvent::from_envelope(
+            "polar",
+            "accepted-by-a-bigger-limit",
+            hookstream_shared::envelope::parse(body.as_bytes()).unwrap(),
+            body.clone().into(),
+        )],
+    )
+    .await
+    .unwrap();
+    let app = TestIngest::spawn(pool.clone()).await;
+    let small = polar_event("order.paid", json!({"id": "ord_1", "customer_id": "cus_1"}));
+    assert_eq!(
+        app.webhook("small", &small).send().await.unwrap().status(),
+        200
+    );
+    // The outbox drains: the small one published, the large one parked.
+    app.wait_all_published(Duration::from_secs(15)).await;
+    let parked: Vec<(i64, String)> = sqlx::query_as("select seq, reason from event_log_parked")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].0, appended[0].seq());
+    assert!(
+        parked[0].1.to_lowercase().contains("too large"),
+        "{}",
+        parked[0].1
+    );
+    assert_eq!(app.metrics().relay_parked.get(), 1);
+    let messages = app.read_topic(1, Duration::from_secs(10)).await;
+    assert_eq!(messages.len(), 1, "only the small one");
+    app.stop().await;
+}

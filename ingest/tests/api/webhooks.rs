@@ -151,7 +151,7 @@ async fn no_batch_exceeds_the_max_batch_setting_while_lingering(pool: PgPool) {
     assert_eq!(app.log_count().await, 60);
     let metrics = app
         .client
-        .get(format!("{}/metrics", app.base_url))
+        .get(format!("{}/metrics", app.metrics_url))
         .send()
         .await
         .unwrap()
@@ -353,19 +353,18 @@ async fn a_full_request_slot_table_is_503_with_retry_after(pool: PgPool) {
         pool,
         &[
             ("INGEST_MAX_IN_FLIGHT", "1"),
-            ("INGEST_BODY_TIMEOUT_MS", "3000"),
+            ("INGEST_APPEND_TIMEOUT_MS", "3000"),
         ],
     )
     .await;
-    // Hold the only slot with a body that never finishes arriving.
-    let (_hold_open, stalled_body) =
-        tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    let stalled = app
-        .client
-        .post(format!("{}/webhooks/polar", app.base_url))
-        .body(reqwest::Body::wrap_stream(never_ending(stalled_body)))
-        .send();
-    let stalled = tokio::spawn(stalled);
+    // The only slot is held by a verified webhook waiting for its commit:
+    // another session holds the log, as a stuck database would.
+    let mut blocker = app.pool.begin().await.unwrap();
+    sqlx::query("lock table event_log in access exclusive mode")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(app.webhook("wh-waiting", &customer_created("c0")).send());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let response = app
@@ -377,9 +376,9 @@ async fn a_full_request_slot_table_is_503_with_retry_after(pool: PgPool) {
     assert_eq!(response.headers()["retry-after"], "1");
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["error"], "overloaded");
-    // The stalled request times out (408) and frees the slot.
-    let stalled = stalled.await.unwrap().unwrap();
-    assert_eq!(stalled.status(), 408);
+    // The commit goes through and frees the slot.
+    blocker.rollback().await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap().status(), 200);
     assert_eq!(
         app.webhook("wh-over", &customer_created("c1"))
             .send()
@@ -388,15 +387,8 @@ async fn a_full_request_slot_table_is_503_with_retry_after(pool: PgPool) {
             .status(),
         200
     );
-    assert_eq!(app.log_count().await, 1);
+    assert_eq!(app.log_count().await, 2);
     app.stop().await;
-}
-
-/// A request body that yields nothing until its sender is dropped.
-fn never_ending(
-    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
@@ -430,8 +422,13 @@ async fn a_log_that_cannot_take_writes_gives_503_and_loses_nothing(pool: PgPool)
 async fn health_readiness_and_metrics(pool: PgPool) {
     let app = TestIngest::spawn(pool).await;
     let get = |path: &str| app.client.get(format!("{}{path}", app.base_url)).send();
+    let get_metrics = |path: &str| app.client.get(format!("{}{path}", app.metrics_url)).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
     assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    assert_eq!(get_metrics("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get_metrics("/readyz").await.unwrap().status(), 200);
+    // Business volume is not for whoever reaches the webhook endpoint.
+    assert_eq!(get("/metrics").await.unwrap().status(), 404);
     app.webhook("m1", &customer_created("c1"))
         .send()
         .await
@@ -442,7 +439,7 @@ async fn health_readiness_and_metrics(pool: PgPool) {
         .send()
         .await
         .unwrap();
-    let text = get("/metrics").await.unwrap().text().await.unwrap();
+    let text = get_metrics("/metrics").await.unwrap().text().await.unwrap();
     for expected in [
         r#"hookstream_ingest_requests_total{outcome="accepted",source="polar"} 1"#,
         r#"hookstream_ingest_requests_total{outcome="unauthorized",source="polar"} 1"#,

@@ -15,6 +15,10 @@ pub enum ApiError {
     NotFound,
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// Too many wrong tokens from this client lately (429, with
+    /// `Retry-After`); its token was not checked.
+    #[error("too many failed attempts")]
+    TooManyRequests { retry_after: std::time::Duration },
     /// The change feed no longer holds what was asked for (410).
     #[error("gone: {0}")]
     Gone(String),
@@ -59,6 +63,18 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 Json(json!({"error": "Unauthorized", "detail": "Missing or invalid bearer token"})),
+            )
+                .into_response(),
+            Self::TooManyRequests { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(
+                    axum::http::header::RETRY_AFTER,
+                    retry_after.as_secs().max(1).to_string(),
+                )],
+                Json(json!({
+                    "error": "TooManyRequests",
+                    "detail": "Too many requests with a wrong token from this address; retry later"
+                })),
             )
                 .into_response(),
             Self::Gone(detail) => (

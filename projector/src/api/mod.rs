@@ -14,6 +14,7 @@ mod customers;
 pub mod entitlement_cache;
 mod entitlements;
 mod error;
+pub mod failure_throttle;
 mod list;
 mod members;
 mod params;
@@ -42,6 +43,8 @@ pub(crate) use customers::read as customer_state;
 pub use entitlement_cache::EntitlementCache;
 pub(crate) use entitlements::check_once as check_entitlement;
 pub use error::ApiError;
+pub use failure_throttle::FailureThrottle;
+use failure_throttle::{Admission, Peer};
 
 /// What every read handler shares, behind one `Arc`: axum clones the state
 /// for every request, and cloning each part (the metrics alone are dozens of
@@ -56,6 +59,8 @@ pub struct ApiShared {
     pub metrics: ProjectorMetrics,
     /// The entitlement check's cache, kept exact by change notifications.
     pub cache: Arc<EntitlementCache>,
+    /// Slows down clients that keep presenting wrong tokens.
+    pub throttle: FailureThrottle,
 }
 
 impl ApiState {
@@ -109,16 +114,29 @@ pub fn router(state: ApiState) -> Router {
             "/readyz",
             get(|State(s): State<ApiState>| async move { readyz(&s.pool).await }),
         )
-        .route(
-            "/metrics",
-            get(|State(s): State<ApiState>| async move { metrics_response(&s.metrics.registry) }),
-        )
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
         ))
+        .with_state(state)
+}
+
+/// The metrics listener's routes: Prometheus text, and health for probes
+/// that use this port.
+pub fn metrics_router(state: ApiState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(s): State<ApiState>| async move { metrics_response(&s.metrics.registry) }),
+        )
+        .route("/healthz", get(healthz))
+        .route(
+            "/readyz",
+            get(|State(s): State<ApiState>| async move { readyz(&s.pool).await }),
+        )
+        .fallback(|| async { ApiError::NotFound })
         .with_state(state)
 }
 
@@ -143,8 +161,13 @@ async fn refuse_nul(request: Request, next: Next) -> Response {
 }
 
 /// Accepts `Authorization: Bearer <token>` for any configured token, compared
-/// in constant time.
+/// in constant time. A wrong or missing token is answered after the delay
+/// the client's recent failures earned ([`FailureThrottle`]).
 async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let Peer(peer) = Peer::of(request.extensions());
+    if let Admission::Refuse { retry_after } = state.throttle.admit(peer, Instant::now()) {
+        return ApiError::TooManyRequests { retry_after }.into_response();
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -154,14 +177,12 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    let Some(presented) = presented else {
-        return ApiError::Unauthorized.into_response();
-    };
-    if matching_token(&state.tokens, presented).is_some() {
-        next.run(request).await
-    } else {
-        ApiError::Unauthorized.into_response()
+    if presented.is_some_and(|presented| matching_token(&state.tokens, presented).is_some()) {
+        return next.run(request).await;
     }
+    let wait = state.throttle.failed(peer, Instant::now());
+    tokio::time::sleep(wait).await;
+    ApiError::Unauthorized.into_response()
 }
 
 /// The configured token `presented` is, if any. Every token is compared,

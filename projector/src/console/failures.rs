@@ -1,6 +1,8 @@
 //! Apply failures (`/console/failures`): the events the live generation
 //! could not apply, why, and re-applying one or all after a fix (a POST with
 //! the session's CSRF token; the outcome is shown on the page it returns to).
+//! Below them, the events the relay parked because Kafka refuses their
+//! message, and whether a projector has applied them from the log yet.
 
 use axum::Form;
 use axum::extract::{Query, State};
@@ -8,6 +10,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, Utc};
 use maud::html;
 use serde::Deserialize;
+
+use hookstream_shared::event_log;
 
 use crate::rebuild::reapply::{self, Which};
 
@@ -50,6 +54,7 @@ pub async fn page(
     let total: i64 = sqlx::query_scalar("select count(*) from projection.apply_failures")
         .fetch_one(&state.api.pool)
         .await?;
+    let parked = event_log::parked(&state.api.pool, MAX_LISTED).await?;
     let seqs = |list: &Option<String>| -> Vec<i64> {
         list.as_deref()
             .unwrap_or("")
@@ -93,6 +98,23 @@ pub async fn page(
                             button.reapply type="submit" { "Re-apply" }
                         }
                     }
+                } } }
+            }
+        }
+        h2 { "Parked by the relay" }
+        @if parked.is_empty() {
+            p { "None: Kafka took every event ingest accepted." }
+        } @else {
+            p { "Kafka refuses these events' messages themselves (larger than the topic takes, or a record the broker rejects), so the relay stopped retrying them. A projector applies each from the log instead; raise the topic's " code { "max.message.bytes" } " (or lower " code { "INGEST_MAX_BODY_BYTES" } ") so no more are parked." }
+            table #parked {
+                thead { tr { th { "Event" } th { "Type" } th { "Webhook-id" } th { "Parked" } th { "Applied from the log" } th { "Kafka said" } } }
+                tbody { @for p in &parked { tr data-seq=(p.seq) {
+                    td { (event_link(p.seq)) }
+                    td.mono { (p.event_type) }
+                    td.mono { (p.webhook_id) }
+                    td { (time(Some(p.parked_at))) }
+                    td { @if p.applied_at.is_some() { (time(p.applied_at)) } @else { span.bad { "not yet" } } }
+                    td.bad { (p.reason) }
                 } } }
             }
         }

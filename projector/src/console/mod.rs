@@ -24,6 +24,8 @@ mod layout;
 mod overview;
 mod session;
 
+pub use session::prune_ended as prune_ended_sessions;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,7 +38,7 @@ use axum::routing::{get, post};
 
 use hookstream_shared::config::Secret;
 
-use crate::api::ApiState;
+use crate::api::{ApiState, FailureThrottle};
 
 /// Where the console is mounted; every link is built from it.
 pub const PREFIX: &str = "/console/";
@@ -56,6 +58,8 @@ pub struct ConsoleShared {
     pub group: String,
     /// Whether the change feed is written (re-applying announces into it).
     pub feed_on: bool,
+    /// Slows down clients that keep trying wrong tokens at the login.
+    pub throttle: FailureThrottle,
 }
 
 impl ConsoleState {

@@ -205,6 +205,8 @@ pub async fn page(
             div.card { div.value { (sum(&day, |b| b.received)) } div.label { "received, last 24 hours" } }
             div.card { div.value { (sum(&day, |b| b.applied)) } div.label { "applied, last 24 hours" } }
             div.card { div.value { (backlog.unpublished) } div.label { "relay backlog" @if let Some(oldest) = backlog.oldest_received_at { " (oldest " (time(Some(oldest))) ")" } } }
+            div.card { div.value.(if backlog.parked > 0 { "bad" } else { "ok" }) #parked-count { (backlog.parked) }
+                       div.label { a href={ (PREFIX) "failures#parked" } { "parked by the relay" } " (Kafka refuses them; " (backlog.parked_unapplied) " not yet applied from the log)" } }
             div.card { div.value.(if failures > 0 { "bad" } else { "ok" }) #failure-count { (failures) }
                        div.label { a href={ (PREFIX) "failures" } { "apply failures" } @if let Some(seq) = newest_failure { ", newest " (event_link(seq)) } } }
             div.card { div.value { (log_head.unwrap_or(0)) } div.label { "log head: the highest seq (seqs have gaps)" } }

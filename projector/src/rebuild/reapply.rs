@@ -1,6 +1,11 @@
-//! Re-applying events that failed, after a fix: the operator console's
-//! "re-apply" (a new projector version that decodes what an older one could
-//! not, or data corrected in Polar and sent again).
+//! Applying events from the log that did not come through Kafka:
+//!
+//! - events that failed, after a fix: the operator console's "re-apply" (a
+//!   new projector version that decodes what an older one could not, or
+//!   data corrected in Polar and sent again);
+//! - events the relay parked because Kafka refuses their message itself
+//!   ([`apply_parked`]): the log is the source of truth, so they reach the
+//!   projections from it, and a replay of the log agrees with live.
 //!
 //! The events are read back from the log and go through the same
 //! [`projection::apply`] as the consumer, into the live generation, in one
@@ -9,6 +14,8 @@
 //! consumer batch (cache notifications, change feed).
 
 use sqlx::PgPool;
+
+use hookstream_shared::event_log;
 
 use crate::changes;
 use crate::projection::{self, from_log, generation};
@@ -72,4 +79,34 @@ pub async fn reapply_failures(
         applied,
         still_failing,
     })
+}
+
+/// Parked events taken at a time.
+const PARKED_AT_A_TIME: i64 = 500;
+
+/// Applies the events the relay parked and no projector has applied yet,
+/// from the log into the live generation, announced like a consumer batch,
+/// in one transaction with marking them applied. Replicas skip what another
+/// holds. Returns how many were applied (or recorded as failures).
+pub async fn apply_parked(pool: &PgPool, feed_on: bool) -> anyhow::Result<usize> {
+    let mut applied = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let seqs = event_log::take_unapplied_parked(&mut *tx, PARKED_AT_A_TIME).await?;
+        if seqs.is_empty() {
+            return Ok(applied);
+        }
+        let live = generation::lock_live(&mut tx).await?;
+        let events = from_log::events_at(&mut tx, &seqs).await?;
+        let outcome = projection::apply(&mut tx, &live, &events).await?;
+        changes::announce(&mut tx, &live, &outcome, feed_on).await?;
+        event_log::mark_parked_applied(&mut *tx, &seqs).await?;
+        tx.commit().await?;
+        tracing::info!(
+            events = seqs.len(),
+            failed = outcome.failed,
+            "applied events the relay parked, from the log"
+        );
+        applied += seqs.len();
+    }
 }

@@ -19,12 +19,13 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use hookstream_shared::event_log;
 use hookstream_shared::kafka::KafkaSettings;
 
 use super::from_kafka::KafkaReplay;
 use super::progress::{ProgressReport, StepTime};
 use super::{GenerationFill, RebuildLock, apply_counted, drop_abandoned, fill_from_log, log_size};
-use crate::projection::from_log::{LogCursor, log_head};
+use crate::projection::from_log::{self, LogCursor, log_head};
 use crate::projection::generation::{self, Generation, Persistence};
 use crate::{changes, feed};
 
@@ -217,6 +218,11 @@ async fn build_and_switch(
             source
                 .reach_live_offsets(&mut tx, group, generation, progress)
                 .await?;
+            // What the relay parked never reached Kafka: the live generation
+            // has it from the log, and so must this one.
+            let parked = event_log::parked_seqs(&mut *tx).await?;
+            let parked = from_log::events_at(&mut tx, &parked).await?;
+            apply_counted(&mut tx, generation, &parked, progress).await?;
             let previous = switch(&mut tx, generation).await?;
             tx.commit().await?;
             if source.foreign_messages > 0 {

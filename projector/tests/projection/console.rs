@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt as _;
 
-use hookstream_projector::api::{ApiShared, ApiState, EntitlementCache, router};
+use hookstream_projector::api::{ApiShared, ApiState, EntitlementCache, FailureThrottle, router};
 use hookstream_projector::applied::{self, Placement};
 use hookstream_projector::console::{self, ConsoleShared, ConsoleState};
 use hookstream_projector::metrics::ProjectorMetrics;
@@ -21,7 +21,7 @@ use hookstream_shared::event_log::{self, NewEvent};
 
 use crate::helpers::*;
 
-const OPERATOR_TOKEN: &str = "operator-token-1";
+const OPERATOR_TOKEN: &str = "operator-token-0123456789abcdef012345";
 
 /// The read API and the console over `pool`, as the projector serves them.
 fn app(pool: &PgPool) -> axum::Router {
@@ -33,6 +33,7 @@ fn app(pool: &PgPool) -> axum::Router {
             10,
             std::time::Duration::from_secs(60),
         )),
+        throttle: FailureThrottle::new(),
     });
     router(api.clone()).merge(console::router(ConsoleState::new(ConsoleShared {
         api,
@@ -40,6 +41,7 @@ fn app(pool: &PgPool) -> axum::Router {
         topic: "polar.events".to_owned(),
         group: "hookstream-projector".to_owned(),
         feed_on: true,
+        throttle: FailureThrottle::new(),
     })))
 }
 
@@ -89,11 +91,25 @@ async fn get_page(pool: &PgPool, path: &str, cookie: Option<&str>) -> Page {
 }
 
 async fn post_form(pool: &PgPool, path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Page {
+    post_form_with(pool, path, cookie, form, &[]).await
+}
+
+/// As [`post_form`], with more request headers (what a browser adds).
+async fn post_form_with(
+    pool: &PgPool,
+    path: &str,
+    cookie: Option<&str>,
+    form: &[(&str, &str)],
+    headers: &[(&str, &str)],
+) -> Page {
     let body = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form)
         .finish();
     let mut request =
         Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
     if let Some(cookie) = cookie {
         request = request.header(header::COOKIE, cookie);
     }
@@ -680,4 +696,85 @@ async fn the_overview_counts_traffic_and_shows_unknown_types_and_failures(pool: 
     assert!(page.html.contains(r#"id="partitions""#));
     assert!(page.html.contains("hookstream_gen_"), "the live generation");
     assert!(page.html.contains("Never run"), "no reconcile yet");
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn a_cookie_copied_before_logout_stops_working_at_logout(pool: PgPool) {
+    live(&pool).await;
+    let cookie = login(&pool).await;
+    let overview = get_page(&pool, "/console/", Some(&cookie)).await;
+    assert_eq!(overview.status, 200, "{}", overview.html);
+    let copied = cookie.clone();
+    let out = post_form(
+        &pool,
+        "/console/logout",
+        Some(&cookie),
+        &[("csrf", &csrf(&overview.html))],
+    )
+    .await;
+    assert_eq!(out.status, 303);
+    let after = get_page(&pool, "/console/", Some(&copied)).await;
+    assert_eq!(after.status, 303, "the copy was ended with the session");
+    assert!(after.location.unwrap().starts_with("/console/login"));
+    // Another session of the same token is not affected.
+    let other = login(&pool).await;
+    assert_eq!(get_page(&pool, "/console/", Some(&other)).await.status, 200);
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn a_login_posted_from_another_site_is_refused(pool: PgPool) {
+    let form = [("token", OPERATOR_TOKEN), ("next", "/console/")];
+    for headers in [
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("sec-fetch-site", "same-site")],
+        &[
+            ("host", "console.example"),
+            ("origin", "https://evil.example"),
+        ],
+    ] {
+        let page = post_form_with(&pool, "/console/login", None, &form, headers).await;
+        assert_eq!(page.status, 403, "{headers:?}");
+        assert!(page.set_cookie.is_none(), "{headers:?}: logged in anyway");
+    }
+    for headers in [
+        &[("sec-fetch-site", "same-origin")][..],
+        &[
+            ("host", "console.example"),
+            ("origin", "https://console.example"),
+        ],
+    ] {
+        let page = post_form_with(&pool, "/console/login", None, &form, headers).await;
+        assert_eq!(page.status, 303, "{headers:?}");
+    }
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn control_characters_in_next_are_ignored_not_a_500(pool: PgPool) {
+    for next in [
+        "/console/\r\nSet-Cookie: x=1",
+        "/console/\u{1}",
+        "/console/\u{7f}x",
+    ] {
+        let page = post_form(
+            &pool,
+            "/console/login",
+            None,
+            &[("token", OPERATOR_TOKEN), ("next", next)],
+        )
+        .await;
+        assert_eq!(page.status, 303, "{next:?}");
+        assert_eq!(page.location.as_deref(), Some("/console/"), "{next:?}");
+        let form = get_page(
+            &pool,
+            &format!(
+                "/console/login?{}",
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("next", next)
+                    .finish()
+            ),
+            None,
+        )
+        .await;
+        assert_eq!(form.status, 200, "{next:?}");
+    }
 }

@@ -85,6 +85,7 @@ pub(crate) fn config(topic: &Topic, extra: &[(&str, &str)]) -> ProjectorConfig {
         ("KAFKA_TOPIC".into(), topic.name.clone()),
         ("PROJECTOR_API_TOKENS".into(), TOKEN.into()),
         ("PROJECTOR_LISTEN".into(), "127.0.0.1:0".into()),
+        ("PROJECTOR_METRICS_LISTEN".into(), "127.0.0.1:0".into()),
         ("PROJECTOR_BATCH_SIZE".into(), "200".into()),
         ("PROJECTOR_SESSION_TIMEOUT_MS".into(), "6000".into()),
     ];
@@ -149,7 +150,8 @@ fn projector_binary(pool: &PgPool, topic: &Topic) -> std::process::Command {
         .env("KAFKA_BROKERS", topic.kafka.bootstrap_servers())
         .env("KAFKA_TOPIC", &topic.name)
         .env("PROJECTOR_API_TOKENS", TOKEN)
-        .env("PROJECTOR_LISTEN", "127.0.0.1:0");
+        .env("PROJECTOR_LISTEN", "127.0.0.1:0")
+        .env("PROJECTOR_METRICS_LISTEN", "127.0.0.1:0");
     command
 }
 

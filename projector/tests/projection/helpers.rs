@@ -10,12 +10,12 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt as _;
 
-use hookstream_projector::api::{ApiShared, ApiState, EntitlementCache, router};
+use hookstream_projector::api::{ApiShared, ApiState, EntitlementCache, FailureThrottle, router};
 use hookstream_projector::metrics::ProjectorMetrics;
 use hookstream_projector::projection::{self, BatchOutcome, Generation, IncomingEvent, generation};
 use hookstream_shared::config::Secret;
 
-pub const TOKEN: &str = "test-token-123";
+pub const TOKEN: &str = "test-token-0123456789abcdef0123456789";
 
 /// Hands out events with increasing seqs and a clock that only moves forward.
 /// Interior mutability lets one expression both build and time an event.
@@ -210,6 +210,7 @@ fn read_api(pool: &PgPool) -> axum::Router {
             1000,
             std::time::Duration::from_secs(60),
         )),
+        throttle: FailureThrottle::new(),
     }))
 }
 

@@ -7,6 +7,7 @@ mod console;
 mod consumer;
 mod families;
 mod helpers;
+mod hostile;
 mod members;
 mod order_independence;
 mod poison;

@@ -361,3 +361,39 @@ async fn values_that_cannot_be_sorted_or_cast_are_refused_when_applied_and_no_re
     let live = generation::live(&pool).await.unwrap().unwrap();
     assert!(live.name().starts_with("hookstream_gen_"));
 }
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn an_event_the_relay_parked_is_applied_from_the_log(pool: PgPool) {
+    let s = Stream::new();
+    let events = [s.event(
+        "customer.created",
+        customer("cus_parked", Some("usr_parked"), s.tick(1), None),
+    )];
+    let logged = log_events(&pool, &events).await;
+    // As the relay does when Kafka refuses the message itself.
+    hookstream_shared::event_log::park(
+        &pool,
+        &[(logged[0].seq, "Broker: Message size too large".to_owned())],
+    )
+    .await
+    .unwrap();
+    let topic = topic_with(1);
+    let running = start(&pool, config(&topic, &[])).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let applied: Option<chrono::DateTime<chrono::Utc>> =
+            sqlx::query_scalar("select applied_at from event_log_parked")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if applied.is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.stop().await;
+    let (status, state) = get(&pool, "/v1/customers/external/usr_parked/state").await;
+    assert_eq!(status, 200, "{state}");
+    replay_and_verify_agree(&pool).await;
+}

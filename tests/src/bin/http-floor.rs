@@ -1,5 +1,5 @@
 //! The HTTP floor under ingest, for `loadgen ingest`: the same stack
-//! (tokio, hyper through axum, mimalloc) answering the same signed webhook
+//! (tokio, hyper and axum served as ingest serves them, mimalloc) answering the same signed webhook
 //! requests, but doing nothing with them beyond reading the body and
 //! answering ingest's 200. Its CPU per request is what no change to ingest's
 //! own work can remove.
@@ -40,6 +40,13 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on FLOOR_LISTEN={listen}"))?;
-    axum::serve(listener, app).await?;
+    hookstream_shared::server::serve(
+        listener,
+        app,
+        hookstream_shared::server::ConnectionLimits::default(),
+        tokio_util::sync::CancellationToken::new(),
+        std::time::Duration::ZERO,
+    )
+    .await;
     Ok(())
 }

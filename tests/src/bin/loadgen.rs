@@ -37,7 +37,7 @@ use hookstream_tests::{SimEvent, generate, read_events};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SECRET: &str = "polar_whs_loadgen_benchmark_secret_0123456789";
-const TOKEN: &str = "loadgen-token-0123456789";
+const TOKEN: &str = "loadgen-token-0123456789abcdef0123456789";
 
 #[derive(Parser)]
 #[command(about = "Benchmarks for hookstream; see BENCHMARKS.md")]
@@ -510,7 +510,11 @@ async fn ingest_run(
     .await?;
     let cpu = spent.shares(measured.ok());
     println!("{}", measured.summary(label));
-    println!("{:<34} {}", "", ingest_internals(&service.base_url).await);
+    println!(
+        "{:<34} {}",
+        "",
+        ingest_internals(&service.metrics_url).await
+    );
     println!("{:<34} {}", "", cpu.describe("accepted webhook", "ingest"));
     service.stop()?;
     drop(kafka);
@@ -630,8 +634,8 @@ impl CpuPerEvent {
 }
 
 /// Mean batch size and mean commit time, from ingest's own metrics.
-async fn ingest_internals(base_url: &str) -> String {
-    let Ok((200, text)) = hookstream_tests::bench::get(base_url, "/metrics", None).await else {
+async fn ingest_internals(metrics_url: &str) -> String {
+    let Ok((200, text)) = hookstream_tests::bench::get(metrics_url, "/metrics", None).await else {
         return "metrics unavailable".to_owned();
     };
     let text = String::from_utf8_lossy(&text);
@@ -1257,6 +1261,7 @@ async fn end_to_end(args: EndToEndArgs) -> anyhow::Result<()> {
     let ingest = Service::start("ingest", port, &env).await?;
     let ingest_authority = format!("127.0.0.1:{port}");
     let api = projector.base_url.clone();
+    let projector_metrics = projector.metrics_url.clone();
 
     // Each webhook updates one of 2000 customers to a new email, with a newer
     // modified_at than any before, so every one is a visible change.
@@ -1264,7 +1269,7 @@ async fn end_to_end(args: EndToEndArgs) -> anyhow::Result<()> {
     // group join takes seconds and is not what this measures).
     let joined = Instant::now();
     loop {
-        let (_, metrics) = get(&api, "/metrics", None).await?;
+        let (_, metrics) = get(&projector_metrics, "/metrics", None).await?;
         let metrics = String::from_utf8_lossy(&metrics);
         let assigned = metrics
             .lines()
@@ -1865,7 +1870,8 @@ async fn waiters(args: WaitersArgs) -> anyhow::Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (_, text) = hookstream_tests::bench::get(&service.base_url, "/metrics", None).await?;
+        let (_, text) =
+            hookstream_tests::bench::get(&service.metrics_url, "/metrics", None).await?;
         let text = String::from_utf8_lossy(&text);
         let parked = hookstream_tests::bench::metric_value(
             &text,
@@ -2002,7 +2008,7 @@ async fn waiters(args: WaitersArgs) -> anyhow::Result<()> {
 /// for a customer with a typical count and the stylesheet (the floor of a
 /// console request) in the same run.
 async fn console(args: ConsoleArgs) -> anyhow::Result<()> {
-    use hookstream_projector::api::{self, ApiShared, ApiState, EntitlementCache};
+    use hookstream_projector::api::{self, ApiShared, ApiState, EntitlementCache, FailureThrottle};
     use hookstream_projector::console::{self as operator_console, ConsoleShared, ConsoleState};
     use hookstream_projector::metrics::ProjectorMetrics;
 
@@ -2110,6 +2116,7 @@ async fn console(args: ConsoleArgs) -> anyhow::Result<()> {
         tokens: vec![Secret::new(TOKEN)],
         metrics: ProjectorMetrics::new(),
         cache: Arc::new(EntitlementCache::new(10, Duration::from_secs(60))),
+        throttle: FailureThrottle::new(),
     });
     let app = api::router(api.clone()).merge(operator_console::router(ConsoleState::new(
         ConsoleShared {
@@ -2118,6 +2125,7 @@ async fn console(args: ConsoleArgs) -> anyhow::Result<()> {
             topic: "polar.events".to_owned(),
             group: "hookstream-projector".to_owned(),
             feed_on: true,
+            throttle: FailureThrottle::new(),
         },
     )));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

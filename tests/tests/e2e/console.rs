@@ -19,8 +19,8 @@ use hookstream_shared::signing;
 use hookstream_tests::{generate, pipeline_settings, polarsim_send, read_events};
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
-const API_TOKEN: &str = "console-api-token-1";
-const CONSOLE_TOKEN: &str = "console-operator-token-1";
+const API_TOKEN: &str = "console-api-token-0123456789abcdef012345";
+const CONSOLE_TOKEN: &str = "console-operator-token-0123456789abcdef01";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 

@@ -20,7 +20,7 @@ use hookstream_tests::{
 };
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
-const TOKEN: &str = "e2e-token-123";
+const TOKEN: &str = "e2e-token-0123456789abcdef0123456789ab";
 
 /// The webhook-id of every message on the topic, with its count.
 fn topic_ids(
@@ -171,12 +171,15 @@ async fn a_polarsim_stream_with_duplicates_and_reordering_ends_in_the_true_state
     );
     // How far behind ingest the change feed was for the last batch.
     hookstream_shared::tls::use_ring_provider();
-    let metrics = reqwest::get(format!("{api_url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = reqwest::get(format!(
+        "http://{}/metrics",
+        pipeline.projector_metrics_address
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
     let lag = hookstream_tests::bench::metric_value(
         &metrics,
         "hookstream_projector_change_feed_lag_seconds ",

@@ -19,7 +19,7 @@ use hookstream_shared::config::Settings;
 use hookstream_tests::{ServeApi, generate, pipeline_settings, polarsim_send, polarsim_verify};
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
-const TOKEN: &str = "e2e-token-123";
+const TOKEN: &str = "e2e-token-0123456789abcdef0123456789ab";
 const API_TOKEN: &str = "polar_oat_reconcile_test_token";
 
 const SCAN: ReconcileOptions = ReconcileOptions {
@@ -547,12 +547,15 @@ impl Drop for BrokenApi {
 /// Prometheus text, if present.
 async fn metric(pipeline: &Pipeline, series: &str) -> Option<f64> {
     hookstream_shared::tls::use_ring_provider();
-    let text = reqwest::get(format!("http://{}/metrics", pipeline.ingest_address))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = reqwest::get(format!(
+        "http://{}/metrics",
+        pipeline.ingest_metrics_address
+    ))
+    .await
+    .ok()?
+    .text()
+    .await
+    .ok()?;
     text.lines().find_map(|line| {
         line.strip_prefix(series)?
             .strip_prefix(' ')?

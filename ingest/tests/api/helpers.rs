@@ -108,6 +108,17 @@ impl TestIngest {
             .body(body.to_owned())
     }
 
+    /// Sends a correctly signed webhook and returns ingest's JSON answer.
+    pub async fn answer(&self, id: &str, body: &str) -> serde_json::Value {
+        self.webhook(id, body)
+            .send()
+            .await
+            .expect("ingest answers")
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+
     pub async fn log_count(&self) -> i64 {
         sqlx::query_scalar("select count(*) from event_log")
             .fetch_one(&self.pool)

@@ -753,14 +753,7 @@ async fn a_replayed_webhook_id_with_another_body_is_a_duplicate_and_raises_the_a
         0,
         "a true retry is no alarm"
     );
-    let answer: serde_json::Value = app
-        .webhook("wh-1", &forged)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer: serde_json::Value = app.answer("wh-1", &forged).await;
     assert_eq!(answer["status"], "duplicate");
     assert_eq!(app.metrics().duplicate_body_mismatch.get(), 1);
     // Within one batch too: two copies that differ, sent at once.

@@ -17,14 +17,7 @@ async fn an_event_reaches_the_topic_with_key_headers_and_raw_value(pool: PgPool)
         "subscription.updated",
         json!({"id": "sub_1", "customer_id": "cus_1", "customer": {"id": "cus_1"}, "status": "active"}),
     );
-    let answer: serde_json::Value = app
-        .webhook("wh-relay", &body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer: serde_json::Value = app.answer("wh-relay", &body).await;
     app.wait_all_published(Duration::from_secs(10)).await;
 
     let messages = app.read_topic(1, Duration::from_secs(10)).await;

@@ -4,13 +4,19 @@
 //! `wait_for=active_subscription` makes it a waiting read (see
 //! [`super::waiters`]).
 
+use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse as _, Response};
 
 use super::customer_ref::CustomerRef;
+use super::listing::{Bind, Listing, one_or_not_found, organization_matches};
 use super::params::QueryParams;
+use super::polar_query::PolarQuery;
+use super::served::{Served, Stored};
+use super::version::ApiVersion;
 use super::waiters::{Wait, Waited, wait_until};
 use super::{ApiError, ApiState, json_text};
+use crate::projection::families::Table;
 
 /// The customer snapshot with the three lists added, as one JSON text. The
 /// lists come from the materialised effective rows, ordered by creation.
@@ -114,4 +120,109 @@ pub(crate) async fn read(
         .bind(value)
         .fetch_optional(&state.pool)
         .await?)
+}
+
+/// `GET /v1/customers/`: customers that are not deleted. `email` matches
+/// exactly in any case; `query` an email, name or billing name containing
+/// it, or an external id starting with it, in any case; `active` a customer
+/// with a trialing, active or past-due subscription.
+pub async fn list(
+    State(state): State<ApiState>,
+    Extension(version): Extension<ApiVersion>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut query = PolarQuery::parse(raw.as_deref());
+    let page = query.page();
+    let ours = organization_matches(&state.pool, &mut query).await?;
+    let mut list = Listing::of(Table::Customers, "c");
+    list.filter("c.deleted_at is null");
+    if let Some(email) = query.last("email") {
+        let p = list.bind(Bind::Text(email));
+        list.filter(format!("lower(c.email) = lower({p})"));
+    }
+    if let Some(text) = query.last("query") {
+        let p = list.bind(Bind::Text(text.to_lowercase()));
+        list.filter(format!(
+            "(strpos(lower(coalesce(c.email, '')), {p}) > 0
+              or strpos(lower(coalesce(c.name, '')), {p}) > 0
+              or strpos(lower(coalesce(c.billing_name, '')), {p}) > 0
+              or (c.external_id is not null and starts_with(lower(c.external_id), {p})))"
+        ));
+    }
+    if let Some(active) = query.boolean("active") {
+        list.filter(format!(
+            "{} exists (select 1 from projection.subscriptions s
+                         where s.customer_id = c.id and s.status in ('active', 'trialing', 'past_due'))",
+            if active { "" } else { "not" }
+        ));
+    }
+    list.metadata("c.snapshot -> 'metadata'", query.metadata());
+    let sorting = query.sorting(&["created_at", "email", "name"], &["-created_at"]);
+    list.sort(&sorting, |property| match property {
+        "email" => "c.email collate \"C\"".to_owned(),
+        "name" => "c.name collate \"C\"".to_owned(),
+        _ => "c.created_at".to_owned(),
+    });
+    query.finish()?;
+    if !ours {
+        list.filter("false");
+    }
+    list.page(
+        Served {
+            pool: &state.pool,
+            version,
+        },
+        page,
+    )
+    .await
+}
+
+/// `GET /v1/customers/{id}`: 404 for a deleted or unknown customer.
+pub async fn get_one(
+    State(state): State<ApiState>,
+    Extension(version): Extension<ApiVersion>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut query = PolarQuery::default();
+    let id = query.path_uuid(&id, "id", false);
+    query.finish()?;
+    let row: Option<Stored> = sqlx::query_as(
+        "select id, v_at, snapshot::text as snapshot from projection.customers
+         where id = $1 and deleted_at is null",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?;
+    one_or_not_found(
+        Served {
+            pool: &state.pool,
+            version,
+        }
+        .one(Table::Customers, row)
+        .await?,
+    )
+}
+
+/// `GET /v1/customers/external/{external_id}`: the live customer with that
+/// external id.
+pub async fn get_external(
+    State(state): State<ApiState>,
+    Extension(version): Extension<ApiVersion>,
+    Path(external_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let row: Option<Stored> = sqlx::query_as(
+        "select id, v_at, snapshot::text as snapshot from projection.customers
+         where external_id = $1 and deleted_at is null order by id limit 1",
+    )
+    .bind(external_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    one_or_not_found(
+        Served {
+            pool: &state.pool,
+            version,
+        }
+        .one(Table::Customers, row)
+        .await?,
+    )
 }

@@ -129,10 +129,23 @@ pub async fn check_once(state: &ApiState, query: &str) -> Result<(bool, String),
 }
 
 fn benefit_id(params: &QueryParams) -> Result<&str, ApiError> {
-    params
+    let benefit_id = params
         .one("benefit_id")?
         .filter(|b| !b.is_empty())
-        .ok_or_else(|| ApiError::invalid("benefit_id", "is required"))
+        .ok_or_else(|| ApiError::invalid("benefit_id", "is required"))?;
+    if !is_uuid(benefit_id) {
+        // Never "not granted" for an id that cannot be one: a typo would
+        // look like a customer without access.
+        return Err(ApiError::invalid(
+            "benefit_id",
+            "must be a UUID (Polar's ids are)",
+        ));
+    }
+    Ok(benefit_id)
+}
+
+fn is_uuid(text: &str) -> bool {
+    uuid::Uuid::try_parse(text).is_ok()
 }
 
 impl Subject<'_> {

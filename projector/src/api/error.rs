@@ -13,6 +13,17 @@ pub enum ApiError {
     /// Unknown or deleted: Polar's `ResourceNotFound`.
     #[error("not found")]
     NotFound,
+    /// The same, with Polar's own words for what was not found.
+    #[error("not found: {0}")]
+    NotFoundWith(&'static str),
+    /// A route of Polar's API that hookstream does not serve (a write, the
+    /// customer portal, license keys...): 501, never a 404 an SDK would
+    /// read as "this object does not exist".
+    #[error("not served: {method} {path}")]
+    NotServed { method: String, path: String },
+    /// Pydantic's own problems, as Polar's server lists them (422).
+    #[error("invalid request")]
+    Invalid(Vec<serde_json::Value>),
     #[error("missing or invalid bearer token")]
     Unauthorized,
     /// Too many wrong tokens from this client lately (429, with
@@ -58,6 +69,24 @@ impl IntoResponse for ApiError {
             Self::NotFound => (
                 StatusCode::NOT_FOUND,
                 Json(json!({"error": "ResourceNotFound", "detail": "Not found"})),
+            )
+                .into_response(),
+            Self::NotFoundWith(detail) => (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "ResourceNotFound", "detail": detail})),
+            )
+                .into_response(),
+            Self::NotServed { method, path } => (
+                StatusCode::NOT_IMPLEMENTED,
+                Json(json!({
+                    "error": "NotServed",
+                    "detail": format!("{method} {path} is served by Polar's API, not by hookstream"),
+                })),
+            )
+                .into_response(),
+            Self::Invalid(problems) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({"error": "RequestValidationError", "detail": problems})),
             )
                 .into_response(),
             Self::Unauthorized => (

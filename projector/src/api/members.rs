@@ -1,117 +1,185 @@
-//! Polar's members of a customer, as polar-sdk 1.0.2 (API 2026-10) asks for
-//! them: `GET /v1/customers/{id}/members`, `/v1/customers/external/{id}/members`
-//! (404 for an unknown or deleted customer, `role` filter) and
-//! `/v1/customers/{id}/members/{member_id}`; and `GET /v1/members/?customer_id=
-//! &external_customer_id=`, the organization-wide list. Deleted members, and
-//! the members of deleted customers, are not listed, as in Polar.
+//! Polar's members of a customer, as polar-sdk 1.0.x asks for them:
+//! `GET /v1/customers/{id}/members` and `/v1/customers/external/{id}/members`
+//! (404 for an unknown or deleted customer; `role`; newest first), one member
+//! by id (`/v1/customers/{id}/members/{member_id}`) or by external id
+//! (`/v1/customers/external/{id}/members/{member_external_id}`), and the
+//! organization-wide `GET /v1/members/` Polar has deprecated. Deleted members
+//! are not served. An individual customer's owner member carries the
+//! customer's current email, as Polar copies it (see [`super::served`]).
 
+use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
+
+use crate::projection::families::Table;
 
 use super::customer_ref::CustomerRef;
-use super::list::{Arg, List};
-use super::params::QueryParams;
-use super::{ApiError, ApiState, json_text};
+use super::listing::{Bind, Listing, customer_filters, one_or_not_found};
+use super::polar_query::PolarQuery;
+use super::served::{Served, Stored};
+use super::version::ApiVersion;
+use super::{ApiError, ApiState};
 
-fn sort_column(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "created_at" => "m.created_at",
-        _ => return None,
-    })
+const ROLES: &[&str] = &["owner", "billing_manager", "member"];
+
+/// Members in a list, by `role` (one) and sorted by creation.
+fn members(query: &mut PolarQuery) -> Listing {
+    let mut list = Listing::of(Table::Members, "m");
+    list.filter("m.deleted_at is null");
+    if let Some(role) = query.enum_one("role", ROLES) {
+        let p = list.bind(Bind::Text(role));
+        list.filter(format!("m.role = {p}"));
+    }
+    let sorting = query.sorting(&["created_at"], &["-created_at"]);
+    list.sort(&sorting, |_| "m.created_at".to_owned());
+    list
 }
 
 pub async fn list(
     State(state): State<ApiState>,
-    RawQuery(query): RawQuery,
+    Extension(version): Extension<ApiVersion>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let params = QueryParams::parse(query.as_deref());
-    let page = params.page()?;
-    List {
-        from: "projection.members m",
-        item: "m.snapshot",
-        key: "m.id",
-        filter: "
-        where m.deleted_at is null
-          and not exists (select 1 from projection.customers c
-                          where c.id = m.customer_id and c.deleted_at is not null)
-          and ($1::text[] is null or m.customer_id = any($1))
-          and ($2::text[] is null or m.customer_id in (
-                select c.id from projection.customers c where c.external_id = any($2)))",
-        order: params.sorting(&["created_at"], sort_column)?,
-        args: vec![
-            Arg::Texts(params.list("customer_id")),
-            Arg::Texts(params.list("external_customer_id")),
-        ],
-    }
-    .page(&state.pool, page)
+    let mut query = PolarQuery::parse(raw.as_deref());
+    let page = query.page();
+    let mut list = members(&mut query);
+    // Polar deletes a customer's members before the customer; a member
+    // whose deletion is still on its way is not listed either.
+    list.filter(
+        "not exists (select 1 from projection.customers c
+                     where c.id = m.customer_id and c.deleted_at is not null)",
+    );
+    customer_filters(&mut list, &mut query, "m.customer_id");
+    query.finish()?;
+    list.page(
+        Served {
+            pool: &state.pool,
+            version,
+        },
+        page,
+    )
     .await
 }
 
 pub async fn of_customer(
     State(state): State<ApiState>,
+    Extension(version): Extension<ApiVersion>,
     Path(id): Path<String>,
-    RawQuery(query): RawQuery,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    customer_members(&state, CustomerRef::Id(&id), query.as_deref()).await
+    let mut query = PolarQuery::parse(raw.as_deref());
+    let id = query.path_uuid(&id, "id", false).unwrap_or_default();
+    customer_members(&state, version, CustomerRef::Id(&id), query).await
 }
 
 pub async fn of_external_customer(
     State(state): State<ApiState>,
+    Extension(version): Extension<ApiVersion>,
     Path(external_id): Path<String>,
-    RawQuery(query): RawQuery,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    customer_members(
-        &state,
-        CustomerRef::External(&external_id),
-        query.as_deref(),
-    )
-    .await
+    let query = PolarQuery::parse(raw.as_deref());
+    customer_members(&state, version, CustomerRef::External(&external_id), query).await
 }
 
 async fn customer_members(
     state: &ApiState,
+    version: ApiVersion,
     whose: CustomerRef<'_>,
-    query: Option<&str>,
+    mut query: PolarQuery,
 ) -> Result<Response, ApiError> {
-    let params = QueryParams::parse(query);
-    let page = params.page()?;
-    let order = params.sorting(&["-created_at"], sort_column)?;
-    let roles = params.list("role");
+    let page = query.page();
+    let mut list = members(&mut query);
+    query.finish()?;
+    let customer = live_customer(state, whose)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let p = list.bind(Bind::Text(customer));
+    list.filter(format!("m.customer_id = {p}"));
+    list.page(
+        Served {
+            pool: &state.pool,
+            version,
+        },
+        page,
+    )
+    .await
+}
+
+/// The live customer's id.
+async fn live_customer(
+    state: &ApiState,
+    whose: CustomerRef<'_>,
+) -> Result<Option<String>, ApiError> {
     let (filter, value) = whose.condition();
-    let customer: Option<String> = sqlx::query_scalar(&format!(
+    Ok(sqlx::query_scalar(&format!(
         "select c.id from projection.customers c
          where {filter} and c.deleted_at is null order by c.id limit 1"
     ))
     .bind(value)
     .fetch_optional(&state.pool)
-    .await?;
-    let customer = customer.ok_or(ApiError::NotFound)?;
-    List {
-        from: "projection.members m",
-        item: "m.snapshot",
-        key: "m.id",
-        filter: "
-        where m.deleted_at is null and m.customer_id = any($1)
-          and ($2::text[] is null or m.role = any($2))",
-        order,
-        args: vec![Arg::Texts(Some(vec![customer])), Arg::Texts(roles)],
-    }
-    .page(&state.pool, page)
-    .await
+    .await?)
+}
+
+/// Polar's 404 for a member.
+fn member_not_found() -> Response {
+    ApiError::NotFoundWith("Member not found").into_response()
 }
 
 pub async fn get_one(
     State(state): State<ApiState>,
+    Extension(version): Extension<ApiVersion>,
     Path((customer_id, member_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let text: Option<String> = sqlx::query_scalar(
-        "select m.snapshot::text from projection.members m
-         join projection.customers c on c.id = m.customer_id and c.deleted_at is null
+    let mut query = PolarQuery::default();
+    let customer_id = query.path_uuid(&customer_id, "id", false);
+    let member_id = query.path_uuid(&member_id, "member_id", true);
+    query.finish()?;
+    let row: Option<Stored> = sqlx::query_as(
+        "select m.id, m.v_at, m.snapshot::text as snapshot from projection.members m
          where m.id = $2 and m.customer_id = $1 and m.deleted_at is null",
     )
-    .bind(&customer_id)
-    .bind(&member_id)
+    .bind(customer_id)
+    .bind(member_id)
     .fetch_optional(&state.pool)
     .await?;
-    text.map(json_text).ok_or(ApiError::NotFound)
+    match (Served {
+        pool: &state.pool,
+        version,
+    })
+    .one(Table::Members, row)
+    .await?
+    {
+        Some(member) => one_or_not_found(Some(member)),
+        None => Ok(member_not_found()),
+    }
+}
+
+pub async fn get_external(
+    State(state): State<ApiState>,
+    Extension(version): Extension<ApiVersion>,
+    Path((external_id, member_external_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let Some(customer) = live_customer(&state, CustomerRef::External(&external_id)).await? else {
+        return Ok(member_not_found());
+    };
+    let row: Option<Stored> = sqlx::query_as(
+        "select m.id, m.v_at, m.snapshot::text as snapshot from projection.members m
+         where m.customer_id = $1 and m.external_id = $2 and m.deleted_at is null
+         order by m.created_at, m.id limit 1",
+    )
+    .bind(customer)
+    .bind(member_external_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    match (Served {
+        pool: &state.pool,
+        version,
+    })
+    .one(Table::Members, row)
+    .await?
+    {
+        Some(member) => one_or_not_found(Some(member)),
+        None => Ok(member_not_found()),
+    }
 }

@@ -7,7 +7,9 @@
 //! without being parsed here.
 
 mod benefit_grants;
+mod catalog;
 mod changes_feed;
+mod checkouts;
 mod customer_meters;
 mod customer_ref;
 mod customers;
@@ -15,10 +17,16 @@ pub mod entitlement_cache;
 mod entitlements;
 mod error;
 pub mod failure_throttle;
-mod list;
+mod listing;
 mod members;
+mod orders;
 mod params;
+pub mod polar_query;
+mod refunds;
+mod seats;
+pub mod served;
 mod subscriptions;
+pub mod version;
 pub mod waiters;
 
 use std::sync::Arc;
@@ -77,36 +85,73 @@ impl std::ops::Deref for ApiState {
     }
 }
 
-pub fn router(state: ApiState) -> Router {
-    let v1 = Router::new()
+/// Every route of Polar's API the replica serves, with and without the
+/// trailing slash Polar's own routes have (polar-sdk sends Polar's).
+fn polar_routes() -> Router<ApiState> {
+    let lists: [(&str, axum::routing::MethodRouter<ApiState>); 13] = [
+        ("/v1/customers", get(customers::list)),
+        ("/v1/subscriptions", get(subscriptions::list)),
+        ("/v1/orders", get(orders::list)),
+        ("/v1/products", get(catalog::list_products)),
+        ("/v1/checkouts", get(checkouts::list)),
+        ("/v1/benefits", get(catalog::list_benefits)),
+        ("/v1/benefit-grants", get(benefit_grants::list)),
+        ("/v1/refunds", get(refunds::list)),
+        ("/v1/discounts", get(catalog::list_discounts)),
+        ("/v1/meters", get(catalog::list_meters)),
+        ("/v1/customer-meters", get(customer_meters::list)),
+        ("/v1/members", get(members::list)),
+        ("/v1/customer-seats", get(seats::list)),
+    ];
+    let mut router = Router::new();
+    for (path, handler) in lists {
+        router = router
+            .route(path, handler.clone())
+            .route(&format!("{path}/"), handler);
+    }
+    router
+        .route("/v1/customers/{id}", get(customers::get_one))
         .route("/v1/customers/{id}/state", get(customers::state_by_id))
-        .route(
-            "/v1/customers/external/{external_id}/state",
-            get(customers::state_by_external_id),
-        )
-        .route("/v1/subscriptions/{id}", get(subscriptions::get_one))
-        .route("/v1/subscriptions/", get(subscriptions::list))
-        .route("/v1/subscriptions", get(subscriptions::list))
-        .route("/v1/benefit-grants/", get(benefit_grants::list))
-        .route("/v1/benefit-grants", get(benefit_grants::list))
         .route("/v1/customers/{id}/members", get(members::of_customer))
         .route(
             "/v1/customers/{id}/members/{member_id}",
             get(members::get_one),
         )
         .route(
+            "/v1/customers/external/{external_id}",
+            get(customers::get_external),
+        )
+        .route(
+            "/v1/customers/external/{external_id}/state",
+            get(customers::state_by_external_id),
+        )
+        .route(
             "/v1/customers/external/{external_id}/members",
             get(members::of_external_customer),
         )
-        .route("/v1/members/", get(members::list))
-        .route("/v1/members", get(members::list))
-        .route("/v1/customer-meters/", get(customer_meters::list))
-        .route("/v1/customer-meters", get(customer_meters::list))
+        .route(
+            "/v1/customers/external/{external_id}/members/{member_external_id}",
+            get(members::get_external),
+        )
+        .route("/v1/subscriptions/{id}", get(subscriptions::get_one))
+        .route("/v1/orders/{id}", get(orders::get_one))
+        .route("/v1/products/{id}", get(catalog::get_product))
+        .route("/v1/checkouts/{id}", get(checkouts::get_one))
+        .route("/v1/benefits/{id}", get(catalog::get_benefit))
+        .route("/v1/benefits/{id}/grants", get(benefit_grants::of_benefit))
+        .route("/v1/discounts/{id}", get(catalog::get_discount))
+        .route("/v1/meters/{id}", get(catalog::get_meter))
+        .route("/v1/customer-meters/{id}", get(customer_meters::get_one))
+}
+
+pub fn router(state: ApiState) -> Router {
+    let v1 = polar_routes()
         .route("/v1/entitlements/check", get(entitlements::check))
         .route("/v1/changes", get(changes_feed::list))
         .route("/v1/changes/stream", get(changes_feed::stream))
         .route_layer(middleware::from_fn(refuse_nul))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route_layer(middleware::from_fn(version::negotiate));
     Router::new()
         .merge(v1)
         .route("/healthz", get(healthz))
@@ -114,13 +159,30 @@ pub fn router(state: ApiState) -> Router {
             "/readyz",
             get(|State(s): State<ApiState>| async move { readyz(&s.pool).await }),
         )
-        .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(not_served_or_not_found)
+        .method_not_allowed_fallback(not_served_or_not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
         ))
         .with_state(state)
+}
+
+/// What is not routed: under `/v1/`, a read or write of Polar's API that
+/// hookstream does not serve (501 `NotServed`); elsewhere, 404 (or 405 for
+/// a method a known path does not take).
+async fn not_served_or_not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    let path = uri.path();
+    if path == "/v1" || path.starts_with("/v1/") {
+        ApiError::NotServed {
+            method: method.to_string(),
+            path: path.to_owned(),
+        }
+    } else if method == axum::http::Method::GET {
+        ApiError::NotFound
+    } else {
+        ApiError::MethodNotAllowed
+    }
 }
 
 /// The metrics listener's routes: Prometheus text, and health for probes

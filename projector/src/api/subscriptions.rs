@@ -1,80 +1,168 @@
-//! `GET /v1/subscriptions/{id}` and `GET /v1/subscriptions/`: Polar's
-//! Subscription (the latest full snapshot) and its paginated list.
+//! `GET /v1/subscriptions/` and `/v1/subscriptions/{id}`: subscriptions that
+//! have started (an imported one that is still paused too), with every
+//! filter and sort key Polar has.
 //!
-//! `active=true` selects status `active` or `trialing`, as Polar's filter does,
-//! on the stored snapshots.
+//! As in Polar, `active=true` means active or trialing and `active=false`
+//! canceled or unpaid (past-due and paused are in neither); the `status`
+//! sort follows Polar's rank (a canceling active one just after the
+//! active ones); `amount` sorts by the amount per month; `customer` by the
+//! customer's email, `product` and `discount` by their names in any case.
 
+use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 
-use super::list::{Arg, List};
-use super::params::QueryParams;
-use super::{ApiError, ApiState, json_text};
+use crate::projection::families::Table;
 
-pub async fn get_one(
-    State(state): State<ApiState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let text: Option<String> =
-        sqlx::query_scalar("select snapshot::text from projection.subscriptions where id = $1")
-            .bind(&id)
-            .fetch_optional(&state.pool)
-            .await?;
-    text.map(json_text).ok_or(ApiError::NotFound)
-}
+use super::listing::{Bind, Listing, customer_filters, one_or_not_found, organization_matches};
+use super::polar_query::PolarQuery;
+use super::served::{Served, Stored};
+use super::version::ApiVersion;
+use super::{ApiError, ApiState};
 
-/// SQL for each of Polar's subscription sort properties.
-fn sort_column(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "customer" => "s.customer_id",
-        "status" => "s.status",
-        "started_at" => "s.started_at",
+pub const STATUSES: &[&str] = &[
+    "incomplete",
+    "incomplete_expired",
+    "trialing",
+    "active",
+    "paused",
+    "past_due",
+    "canceled",
+    "unpaid",
+];
+
+const CANCELLATION_REASONS: &[&str] = &[
+    "customer_service",
+    "low_quality",
+    "missing_features",
+    "switched_service",
+    "too_complex",
+    "too_expensive",
+    "unused",
+    "other",
+];
+
+const SORT: &[&str] = &[
+    "customer",
+    "status",
+    "started_at",
+    "current_period_end",
+    "ended_at",
+    "ends_at",
+    "amount",
+    "product",
+    "discount",
+];
+
+/// SQL for each sort property.
+fn sort_key(property: &str) -> String {
+    match property {
+        "customer" => {
+            "(select c.email from projection.customers c where c.id = s.customer_id) collate \"C\""
+        }
+        "status" => {
+            "(case s.status when 'incomplete' then 1 when 'incomplete_expired' then 2
+                when 'trialing' then 3 when 'active' then 4 when 'paused' then 6
+                when 'past_due' then 7 when 'canceled' then 8 when 'unpaid' then 9 else 0 end
+              + case when s.status = 'active' and s.cancel_at_period_end then 1 else 0 end)"
+        }
         "current_period_end" => "s.current_period_end",
         "ended_at" => "s.ended_at",
         "ends_at" => "s.ends_at",
-        "amount" => "s.amount",
-        "product" => "s.product_id",
-        "discount" => "s.snapshot ->> 'discount_id'",
-        _ => return None,
-    })
+        "amount" => {
+            "(case s.recurring_interval when 'year' then s.amount / 12.0 when 'month' then s.amount::numeric
+                when 'week' then s.amount * 4.0 when 'day' then s.amount * 30.0 end)"
+        }
+        "product" => {
+            "(select lower(p.snapshot ->> 'name') from projection.products p where p.id = s.product_id) collate \"C\""
+        }
+        "discount" => {
+            "(select lower(d.snapshot ->> 'name') from projection.discounts d where d.id = s.discount_id) collate \"C\""
+        }
+        _ => "s.started_at",
+    }
+    .to_owned()
 }
 
 pub async fn list(
     State(state): State<ApiState>,
-    RawQuery(query): RawQuery,
+    Extension(version): Extension<ApiVersion>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let params = QueryParams::parse(query.as_deref());
-    let page = params.page()?;
-    let order = params.sorting(&["-started_at"], sort_column)?;
-    let customer_ids = params.list("customer_id");
-    let external_ids = params.list("external_customer_id");
-    let product_ids = params.list("product_id");
-    let statuses = params.list("status");
-    let active = params.boolean("active")?;
-    let cancel_at_period_end = params.boolean("cancel_at_period_end")?;
-
-    List {
-        from: "projection.subscriptions s",
-        item: "s.snapshot",
-        key: "s.id",
-        filter: "
-        where ($1::text[] is null or s.customer_id = any($1))
-          and ($2::text[] is null or s.customer_id in (
-                select c.id from projection.customers c where c.external_id = any($2)))
-          and ($3::text[] is null or s.product_id = any($3))
-          and ($4::text[] is null or s.status = any($4))
-          and ($5::boolean is null or (s.status in ('active', 'trialing')) = $5)
-          and ($6::boolean is null or (s.snapshot -> 'cancel_at_period_end') = to_jsonb($6))",
-        order,
-        args: vec![
-            Arg::Texts(customer_ids),
-            Arg::Texts(external_ids),
-            Arg::Texts(product_ids),
-            Arg::Texts(statuses),
-            Arg::Flag(active),
-            Arg::Flag(cancel_at_period_end),
-        ],
+    let mut query = PolarQuery::parse(raw.as_deref());
+    let page = query.page();
+    let ours = organization_matches(&state.pool, &mut query).await?;
+    let mut list = Listing::of(Table::Subscriptions, "s");
+    list.filter("s.started_at is not null");
+    customer_filters(&mut list, &mut query, "s.customer_id");
+    list.any_of("s.product_id", query.uuids("product_id"));
+    list.any_of("s.discount_id", query.uuids("discount_id"));
+    if let Some(active) = query.boolean("active") {
+        list.filter(if active {
+            "s.status in ('active', 'trialing')"
+        } else {
+            "s.status in ('canceled', 'unpaid')"
+        });
     }
-    .page(&state.pool, page)
+    list.any_of("s.status", query.enums("status", STATUSES));
+    if let Some(cancel) = query.boolean("cancel_at_period_end") {
+        let p = list.bind(Bind::Bool(cancel));
+        list.filter(format!("s.cancel_at_period_end = {p}"));
+    }
+    list.any_of(
+        "s.customer_cancellation_reason",
+        query.enums("customer_cancellation_reason", CANCELLATION_REASONS),
+    );
+    for (name, column, op) in [
+        ("canceled_at_after", "s.canceled_at", ">="),
+        ("canceled_at_before", "s.canceled_at", "<="),
+        ("started_after", "s.started_at", ">"),
+        ("started_before", "s.started_at", "<"),
+    ] {
+        if let Some(bound) = query.time(name, false) {
+            let p = list.bind(Bind::Time(bound));
+            list.filter(format!("{column} {op} {p}"));
+        }
+    }
+    list.metadata("s.snapshot -> 'metadata'", query.metadata());
+    let sorting = query.sorting(SORT, &["-started_at"]);
+    list.sort(&sorting, sort_key);
+    query.finish()?;
+    if !ours {
+        list.filter("false");
+    }
+    list.page(
+        Served {
+            pool: &state.pool,
+            version,
+        },
+        page,
+    )
     .await
+}
+
+/// `GET /v1/subscriptions/{id}`: any subscription that has started.
+pub async fn get_one(
+    State(state): State<ApiState>,
+    Extension(version): Extension<ApiVersion>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut query = PolarQuery::default();
+    let id = query.path_uuid(&id, "id", false);
+    query.finish()?;
+    let row: Option<Stored> = sqlx::query_as(
+        "select id, v_at, snapshot::text as snapshot from projection.subscriptions
+         where id = $1 and started_at is not null",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?;
+    one_or_not_found(
+        Served {
+            pool: &state.pool,
+            version,
+        }
+        .one(Table::Subscriptions, row)
+        .await?,
+    )
 }

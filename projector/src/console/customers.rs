@@ -249,7 +249,12 @@ pub async fn page(
 }
 
 fn api_failure(e: crate::api::ApiError) -> ConsoleError {
-    ConsoleError::Internal(anyhow::anyhow!("{e}"))
+    match e {
+        crate::api::ApiError::Validation(_) | crate::api::ApiError::Invalid(_) => {
+            ConsoleError::BadRequest("The benefit must be given by its id (a UUID).".to_owned())
+        }
+        e => ConsoleError::Internal(anyhow::anyhow!("{e}")),
+    }
 }
 
 fn text<'a>(value: &'a Value, key: &str) -> &'a str {

@@ -37,6 +37,8 @@ pub enum Column<'a> {
     Time(Option<DateTime<Utc>>),
     Bool(bool),
     Int(Option<i64>),
+    /// JSON text, kept as jsonb (what SQL filters read into).
+    Json(Option<Cow<'a, str>>),
 }
 
 /// A versioned upsert of one object.
@@ -69,6 +71,7 @@ impl Column<'_> {
             Self::Time(time) => Column::Time(time),
             Self::Bool(b) => Column::Bool(b),
             Self::Int(n) => Column::Int(n),
+            Self::Json(text) => Column::Json(text.map(|t| Cow::Owned(t.into_owned()))),
         }
     }
 }

@@ -558,9 +558,15 @@ async fn upsert_objects(
         "$6::text[]".to_owned(),
     ];
     for (i, column) in columns.iter().enumerate() {
-        select.push(column.name.to_owned());
         names.push(column.name);
-        params.push(format!("${}::{}[]", i + 7, column.sql_type));
+        // jsonb travels as text, parsed by Postgres once it is in place.
+        if column.sql_type == "jsonb" {
+            select.push(format!("{}::jsonb", column.name));
+            params.push(format!("${}::text[]", i + 7));
+        } else {
+            select.push(column.name.to_owned());
+            params.push(format!("${}::{}[]", i + 7, column.sql_type));
+        }
     }
     let updates: Vec<String> = names[1..]
         .iter()
@@ -618,7 +624,7 @@ async fn upsert_objects(
             _ => query.bind(
                 rows.iter()
                     .map(|r| match &r.columns[i] {
-                        Column::Text(t) => t.as_deref(),
+                        Column::Text(t) | Column::Json(t) => t.as_deref(),
                         _ => None,
                     })
                     .collect::<Vec<Option<&str>>>(),

@@ -437,7 +437,7 @@ async fn the_benefit_check_answers_as_the_api_does_and_says_why(pool: PgPool) {
     ] {
         let page = get_page(
             &pool,
-            &format!("/console/customers/{customer}?benefit_id=ben_pro"),
+            &with_uids(&format!("/console/customers/{customer}?benefit_id=ben_pro")),
             Some(&cookie),
         )
         .await;
@@ -450,7 +450,9 @@ async fn the_benefit_check_answers_as_the_api_does_and_says_why(pool: PgPool) {
         assert!(answer.contains(why), "{customer}: {answer}");
         let (_, api) = get(
             &pool,
-            &format!("/v1/entitlements/check?customer_id={customer}&benefit_id=ben_pro"),
+            &with_uids(&format!(
+                "/v1/entitlements/check?customer_id={customer}&benefit_id=ben_pro"
+            )),
         )
         .await;
         assert_eq!(api["granted"], json!(granted));
@@ -464,7 +466,7 @@ async fn the_benefit_check_answers_as_the_api_does_and_says_why(pool: PgPool) {
     }
     let never = get_page(
         &pool,
-        "/console/customers/cus_ada?benefit_id=ben_unknown",
+        &with_uids("/console/customers/cus_ada?benefit_id=ben_unknown"),
         Some(&cookie),
     )
     .await;

@@ -17,7 +17,7 @@ use hookstream_shared::config::Settings;
 use hookstream_shared::envelope;
 use hookstream_shared::kafka::EmbeddedKafka;
 
-use crate::helpers::{TOKEN, apply_into};
+use crate::helpers::{TOKEN, apply_into, with_uids};
 use crate::order_independence::polarsim_stream;
 
 const PARTITIONS: i32 = 3;
@@ -504,7 +504,7 @@ async fn waiting_reads_answer_when_the_change_commits_or_at_their_timeout(pool: 
     let client = reqwest::Client::new();
     let ask = |query: String| {
         let request = client
-            .get(format!("{api}/v1/entitlements/check?{query}"))
+            .get(format!("{api}/v1/entitlements/check?{}", with_uids(&query)))
             .bearer_auth(TOKEN);
         async move {
             let response = request.send().await.unwrap();
@@ -1113,7 +1113,7 @@ async fn forgotten_from_cache(
     let client = reqwest::Client::new();
     let check = || async {
         let answer: serde_json::Value = client
-            .get(format!("{api}/v1/entitlements/check?{query}"))
+            .get(format!("{api}/v1/entitlements/check?{}", with_uids(query)))
             .bearer_auth(TOKEN)
             .send()
             .await
@@ -1162,7 +1162,7 @@ async fn messages_kafka_lost_before_they_were_applied_are_backfilled_from_the_lo
     let stream = polarsim_stream();
     let filler = (0..2000).map(|i| {
         let body = format!(
-            r#"{{"type":"refund.created","timestamp":"2026-01-01T00:00:00Z","data":{{"id":"r{i}","pad":"{}"}}}}"#,
+            r#"{{"type":"payout.created","timestamp":"2026-01-01T00:00:00Z","data":{{"id":"r{i}","pad":"{}"}}}}"#,
             "x".repeat(3000)
         );
         (format!("filler-{i}"), body.into_bytes())

@@ -95,8 +95,8 @@ async fn cancel_at_period_end_then_uncancel(pool: PgPool) {
     );
 
     // While pending cancellation it is still active.
-    let (_, sub) = get(&pool, "/v1/subscriptions/sub_1").await;
-    assert_eq!(sub["cancel_at_period_end"], false);
+    let (_, subs) = get(&pool, "/v1/subscriptions/?external_customer_id=usr_1").await;
+    assert_eq!(subs["items"][0]["cancel_at_period_end"], false);
 }
 
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
@@ -148,7 +148,7 @@ async fn immediate_cancel_ends_the_subscription_and_its_benefit(pool: PgPool) {
     assert!(granted_benefit_ids(&state).is_empty());
     let (_, check) = get(
         &pool,
-        "/v1/entitlements/check?external_customer_id=usr_1&benefit_id=ben_pro",
+        &with_uids("/v1/entitlements/check?external_customer_id=usr_1&benefit_id=ben_pro"),
     )
     .await;
     assert_eq!(check["granted"], false);
@@ -245,7 +245,7 @@ async fn a_benefit_granted_by_two_subscriptions_survives_one_revocation(pool: Pg
     .await;
     let (_, check) = get(
         &pool,
-        "/v1/entitlements/check?customer_id=cus_1&benefit_id=ben_shared",
+        &with_uids("/v1/entitlements/check?customer_id=cus_1&benefit_id=ben_shared"),
     )
     .await;
     assert_eq!(check["granted"], true, "the other grant still gives access");
@@ -259,7 +259,7 @@ async fn a_benefit_granted_by_two_subscriptions_survives_one_revocation(pool: Pg
     .await;
     let (_, check) = get(
         &pool,
-        "/v1/entitlements/check?customer_id=cus_1&benefit_id=ben_shared",
+        &with_uids("/v1/entitlements/check?customer_id=cus_1&benefit_id=ben_shared"),
     )
     .await;
     assert_eq!(check["granted"], false);
@@ -452,7 +452,10 @@ async fn orders_checkouts_products_and_benefits_keep_their_newest_version(pool: 
         row("select snapshot::jsonb ->> 'name' from projection.products where id = 'prod_1'").await,
         "Renamed"
     );
-    assert_eq!(row("select id from projection.benefits").await, "ben_1");
+    assert_eq!(
+        name_of(&row("select id from projection.benefits").await),
+        "ben_1"
+    );
     // An order's reduced product is not projected over the full one.
     let products: i64 = sqlx::query_scalar("select count(*) from projection.products")
         .fetch_one(&pool)
@@ -472,12 +475,12 @@ async fn bad_events_are_recorded_and_skipped_and_unknown_types_ignored(pool: PgP
         "customer.updated",
         json!({"id": "cus_2", "created_at": ts(s.now()), "modified_at": null, "name": "a\u{0}b"}),
     );
-    let unknown = s.event("refund.created", json!({"id": "r"}));
+    let unknown = s.event("payout.created", json!({"id": "r"}));
     let mut not_json = s.event("customer.created", json!({}));
     not_json.body = b"{not json".to_vec();
     let outcome = apply(&pool, &[good, no_id, nul, unknown, not_json]).await;
     assert_eq!(outcome.failed, 3);
-    assert_eq!(outcome.ignored.get("refund.created"), Some(&1));
+    assert_eq!(outcome.ignored.get("payout.created"), Some(&1));
     assert_eq!(outcome.applied.get("customer.created"), Some(&1));
     let reasons: Vec<(i64, String)> =
         sqlx::query_as("select seq, reason from projection.apply_failures order by seq")
@@ -505,18 +508,19 @@ fn meter(id: &str, meter_id: &str, consumed: f64, credited: i64, at: DateTime<Ut
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
 async fn meters_follow_the_newest_state(pool: PgPool) {
     live(&pool).await;
+    let (api, storage) = (uid("meter_api"), uid("meter_storage"));
     let s = Stream::new();
     let c = customer("cus_m", Some("usr_m"), s.now(), None);
     let t1 = s.tick(30);
     let mut first = state(&c, &[], &[]);
     first["active_meters"] = json!([
-        meter("cm_1", "meter_api", 10.0, 100, t1),
-        meter("cm_2", "meter_storage", 0.5, 5, t1),
+        meter("cm_1", &api, 10.0, 100, t1),
+        meter("cm_2", &storage, 0.5, 5, t1),
     ]);
     let first = s.event("customer.state_changed", first);
     let t2 = s.tick(30);
     let mut second = state(&c, &[], &[]);
-    second["active_meters"] = json!([meter("cm_1", "meter_api", 120.0, 100, t2)]);
+    second["active_meters"] = json!([meter("cm_1", &api, 120.0, 100, t2)]);
     let second = s.event("customer.state_changed", second);
     // Delivered newest first: the older state changes nothing.
     apply_each(&pool, &[second, first]).await;
@@ -525,7 +529,7 @@ async fn meters_follow_the_newest_state(pool: PgPool) {
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["pagination"]["total_count"], json!(1), "{page}");
     let item = &page["items"][0];
-    assert_eq!(item["meter_id"], json!("meter_api"));
+    assert_eq!(item["meter_id"], json!(api));
     assert_eq!(item["customer_id"], json!("cus_m"));
     assert_eq!(item["customer"]["external_id"], json!("usr_m"));
     assert_eq!(
@@ -539,7 +543,7 @@ async fn meters_follow_the_newest_state(pool: PgPool) {
     );
     let (_, none) = get(
         &pool,
-        "/v1/customer-meters/?external_customer_id=usr_m&meter_id=meter_storage",
+        &format!("/v1/customer-meters/?external_customer_id=usr_m&meter_id={storage}"),
     )
     .await;
     assert_eq!(

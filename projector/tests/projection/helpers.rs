@@ -60,6 +60,61 @@ impl Stream {
     }
 }
 
+/// A version-4 UUID named by `name`, the same on every call: Polar's ids are
+/// UUIDs, and its read API refuses anything else with 422. The name is
+/// remembered, so assertions can speak of `pro` rather than its id.
+pub fn uid(name: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let bytes: [u8; 16] = digest[..16].try_into().expect("16 bytes");
+    let id = uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string();
+    NAMES.lock().unwrap().insert(id.clone(), name.to_owned());
+    id
+}
+
+static NAMES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The name `uid` made `id` from, or `id` itself.
+pub fn name_of(id: &str) -> String {
+    NAMES
+        .lock()
+        .unwrap()
+        .get(id)
+        .cloned()
+        .unwrap_or_else(|| id.to_owned())
+}
+
+/// `name` if it is a UUID already, else `uid(name)`.
+fn as_uuid(name: &str) -> String {
+    if uuid::Uuid::try_parse(name).is_ok() {
+        name.to_owned()
+    } else {
+        uid(name)
+    }
+}
+
+/// An entitlement query with its `benefit_id` named (`benefit_id=pro`)
+/// turned into the benefit's id, as `benefit` made it.
+pub fn with_uids(query: &str) -> String {
+    if let Some((path, query)) = query.split_once('?') {
+        return format!("{path}?{}", with_uids(query));
+    }
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("benefit_id", name)) if !name.is_empty() => {
+                format!("benefit_id={}", as_uuid(name))
+            }
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 pub fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
@@ -79,11 +134,15 @@ pub fn customer(
     })
 }
 
+/// A benefit; a readable `id` (`pro`) becomes `uid(id)`: benefit ids are
+/// UUIDs in Polar, and the entitlement check refuses anything else.
 pub fn benefit(id: &str, created: DateTime<Utc>) -> Value {
+    let description = id;
+    let id = as_uuid(id);
     json!({
         "id": id, "created_at": ts(created), "modified_at": null, "type": "feature_flag",
-        "description": id, "selectable": true, "deletable": true, "is_deleted": false,
-        "organization_id": "org", "metadata": {"feature": id}, "visibility": "public",
+        "description": description, "selectable": true, "deletable": true, "is_deleted": false,
+        "organization_id": "org", "metadata": {"feature": description}, "visibility": "public",
         "properties": {}, "visibility_configurable": true,
     })
 }
@@ -201,7 +260,12 @@ pub async fn get(pool: &PgPool, path: &str) -> (u16, Value) {
 
 /// The read API over `pool`, as the projector serves it.
 fn read_api(pool: &PgPool) -> axum::Router {
-    router(ApiState::new(ApiShared {
+    router(read_api_state(pool))
+}
+
+/// The read API's state over `pool`.
+pub fn read_api_state(pool: &PgPool) -> ApiState {
+    ApiState::new(ApiShared {
         pool: pool.clone(),
         tokens: vec![Secret::new(TOKEN)],
         metrics: ProjectorMetrics::new(),
@@ -211,7 +275,7 @@ fn read_api(pool: &PgPool) -> axum::Router {
             std::time::Duration::from_secs(60),
         )),
         throttle: FailureThrottle::new(),
-    }))
+    })
 }
 
 pub async fn get_with_token(pool: &PgPool, path: &str, token: Option<&str>) -> (u16, Value) {
@@ -252,7 +316,7 @@ pub fn granted_benefit_ids(state: &Value) -> Vec<String> {
             .as_array()
             .unwrap()
             .iter()
-            .map(|g| g["benefit_id"].as_str().unwrap().to_owned()),
+            .map(|g| name_of(g["benefit_id"].as_str().unwrap())),
     );
     ids.dedup();
     ids

@@ -65,7 +65,11 @@ pub fn to_member(mut grant: Value, holder: &Value) -> Value {
 }
 
 async fn check(pool: &PgPool, query: &str) -> Value {
-    let (status, body) = get(pool, &format!("/v1/entitlements/check?{query}")).await;
+    let (status, body) = get(
+        pool,
+        &format!("/v1/entitlements/check?{}", with_uids(query)),
+    )
+    .await;
     assert_eq!(status, 200, "{query}: {body}");
     body
 }
@@ -465,7 +469,7 @@ async fn a_deleted_member_loses_access_at_once_and_leaves_the_list(pool: PgPool)
     apply_each(&pool, &[deletion, late]).await;
     assert!(!granted(&pool, "external_member_id=ada&benefit_id=pro").await);
     assert!(!granted(&pool, "external_id=ada&customer_id=cus_team&benefit_id=pro").await);
-    let (_, members) = get(&pool, "/v1/members/?customer_id=cus_team").await;
+    let (_, members) = get(&pool, "/v1/customers/external/acme/members").await;
     let ids: Vec<&str> = members["items"]
         .as_array()
         .unwrap()
@@ -476,7 +480,9 @@ async fn a_deleted_member_loses_access_at_once_and_leaves_the_list(pool: PgPool)
     let (_, owners) = get(&pool, "/v1/customers/external/acme/members?role=owner").await;
     assert_eq!(owners["items"][0]["id"], json!("mem_owner"), "{owners}");
     assert_eq!(
-        get(&pool, "/v1/customers/cus_team/members/mem_ada").await.0,
+        get(&pool, "/v1/customers/external/acme/members/ada")
+            .await
+            .0,
         404,
         "a deleted member"
     );
@@ -485,7 +491,7 @@ async fn a_deleted_member_loses_access_at_once_and_leaves_the_list(pool: PgPool)
     team_gone["modified_at"] = json!(ts(s.tick(10)));
     team_gone["deleted_at"] = team_gone["modified_at"].clone();
     apply(&pool, &[s.event("customer.deleted", team_gone)]).await;
-    let (_, members) = get(&pool, "/v1/members/?customer_id=cus_team").await;
+    let (_, members) = get(&pool, "/v1/members/?external_customer_id=acme").await;
     assert_eq!(members["items"], json!([]));
 }
 
@@ -550,7 +556,7 @@ async fn unknown_member_and_seat_fields_are_kept_not_refused(pool: PgPool) {
     assert_eq!(outcome.failed, 0);
     let (_, members) = get(
         &pool,
-        "/v1/members/?customer_id=cus_team&sorting=-created_at",
+        "/v1/customers/external/acme/members?sorting=-created_at",
     )
     .await;
     let listed = members["items"]

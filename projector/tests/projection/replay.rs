@@ -22,7 +22,7 @@ use hookstream_projector::rebuild::replay::{
 use hookstream_shared::envelope;
 use hookstream_shared::event_log::{self, NewEvent};
 
-use crate::helpers::{Stream, benefit, customer, database_url, get, grant, live};
+use crate::helpers::{Stream, benefit, customer, database_url, get, grant, live, with_uids};
 use crate::order_independence::polarsim_stream;
 
 /// Appends events to the log as ingest does; returns them with their seqs.
@@ -283,7 +283,9 @@ async fn readers_see_no_error_and_no_regression_while_a_replay_runs(pool: PgPool
             while !stop.is_cancelled() {
                 let (status, body) = get(
                     &pool,
-                    "/v1/entitlements/check?external_customer_id=new_user&benefit_id=ben_new",
+                    &with_uids(
+                        "/v1/entitlements/check?external_customer_id=new_user&benefit_id=ben_new",
+                    ),
                 )
                 .await;
                 assert!(
@@ -342,7 +344,7 @@ async fn readers_see_no_error_and_no_regression_while_a_replay_runs(pool: PgPool
     );
     let (status, body) = get(
         &pool,
-        "/v1/entitlements/check?external_customer_id=new_user&benefit_id=ben_new",
+        &with_uids("/v1/entitlements/check?external_customer_id=new_user&benefit_id=ben_new"),
     )
     .await;
     assert_eq!(

@@ -32,7 +32,12 @@ pub const TABLE: TableSpec = TableSpec {
         optional("granted_at", "timestamptz"),
         optional("revoked_at", "timestamptz"),
     ],
-    indexes: &["(customer_id, benefit_id)"],
+    indexes: &[
+        "(customer_id, benefit_id)",
+        // The default order of the lists: newest first.
+        "(created_at desc, id)",
+        "(benefit_id, created_at desc, id)",
+    ],
     touches,
 };
 

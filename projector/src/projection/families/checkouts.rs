@@ -21,8 +21,19 @@ pub const TABLE: TableSpec = TableSpec {
         optional("customer_id", "text"),
         free_text("external_customer_id"),
         required("status", "text"),
+        // Filters and sort keys of `GET /v1/checkouts/`.
+        optional("product_id", "text"),
+        free_text("customer_email"),
+        required("created_at", "timestamptz"),
+        optional("expires_at", "timestamptz"),
+        // Whether a discount it names was redeemed (confirmed or succeeded):
+        // Polar counts redemptions with a trigger, no webhook says.
+        optional("discount_id", "text"),
     ],
-    indexes: &[],
+    indexes: &[
+        "(created_at desc, id)",
+        "(discount_id) where discount_id is not null",
+    ],
     touches,
 };
 
@@ -51,6 +62,14 @@ struct CheckoutData<'a> {
     external_customer_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     status: Cow<'a, str>,
+    #[serde(borrow, default)]
+    product_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    customer_email: Option<Cow<'a, str>>,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+    #[serde(borrow, default)]
+    discount_id: Option<Cow<'a, str>>,
 }
 
 fn decode<'a>(
@@ -69,6 +88,11 @@ fn decode<'a>(
             Column::Text(c.customer_id),
             Column::Text(c.external_customer_id),
             Column::Text(Some(c.status)),
+            Column::Text(c.product_id),
+            Column::Text(c.customer_email),
+            Column::Time(Some(c.created_at)),
+            Column::Time(c.expires_at),
+            Column::Text(c.discount_id),
         ],
     ));
     Ok(())

@@ -7,13 +7,13 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
     Family, Snapshot, SqlInstant, Stamp, Table, TableSpec, Touch, change, free_text, objects,
-    optional, parse, present, text_at,
+    optional, parse, present, required, text_at, touches_nobody,
 };
 use crate::projection::decode::{Changes, Column, ObjectChange, StateChange};
 use crate::projection::version::Rank;
@@ -28,9 +28,37 @@ pub const TABLE: TableSpec = TableSpec {
         // `individual` or `team`: a team's own external id is its owner
         // member's, so the person check reads it.
         optional("type", "text"),
+        // What the read API lists, filters and sorts by.
+        required("created_at", "timestamptz"),
+        free_text("name"),
+        free_text("billing_name"),
     ],
-    indexes: &["using hash (external_id) where external_id is not null"],
+    indexes: &[
+        "using hash (external_id) where external_id is not null",
+        // The default order of `GET /v1/customers/`: newest first, ties by id.
+        "(created_at desc, id) where deleted_at is null",
+        "using hash (lower(email)) where deleted_at is null",
+    ],
     touches,
+};
+
+/// Every version of every customer as its own event carried it (not the
+/// copies embedded elsewhere): Polar copies an individual customer's new
+/// email to its owner member without a `member.updated`, version by
+/// version, so serving the member as Polar does needs the customer's email
+/// history after the member's own version (see `api::served`). One row per
+/// version; the id is the customer's id and the version's time.
+pub const VERSIONS: TableSpec = TableSpec {
+    name: "customer_versions",
+    snapshot: Snapshot::Text,
+    columns: &[
+        required("customer_id", "text"),
+        free_text("email"),
+        optional("type", "text"),
+        optional("modified_at", "timestamptz"),
+    ],
+    indexes: &["(customer_id, v_at)"],
+    touches: touches_nobody,
 };
 
 fn touches(id: &str, columns: &[Column<'_>]) -> Touch {
@@ -71,6 +99,10 @@ struct CustomerData<'a> {
     deleted_at: Option<DateTime<Utc>>,
     #[serde(borrow, default, rename = "type")]
     customer_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    billing_name: Option<Cow<'a, str>>,
 }
 
 fn decode<'a>(
@@ -94,6 +126,23 @@ fn decode<'a>(
             .objects
             .push(customer_change(c, data, stamp, Rank::Embedded));
     } else {
+        let version = stamp.version(c.modified_at.unwrap_or(c.created_at), Rank::OwnEvent);
+        changes.objects.push(change(
+            Table::CustomerVersions,
+            Cow::Owned(format!(
+                "{}@{}",
+                c.id,
+                version.at.to_rfc3339_opts(SecondsFormat::Micros, true)
+            )),
+            version,
+            "",
+            vec![
+                Column::Text(Some(c.id.clone())),
+                Column::Text(c.email.clone()),
+                Column::Text(c.customer_type.clone()),
+                Column::Time(c.modified_at),
+            ],
+        ));
         changes
             .objects
             .push(customer_change(c, data, stamp, Rank::OwnEvent));
@@ -190,6 +239,9 @@ fn customer_change<'a>(
             Column::Text(c.email),
             Column::Time(c.deleted_at),
             Column::Text(c.customer_type),
+            Column::Time(Some(c.created_at)),
+            Column::Text(c.name),
+            Column::Text(c.billing_name),
         ],
     )
 }

@@ -15,6 +15,7 @@ pub mod checkouts;
 pub mod customers;
 pub mod members;
 pub mod orders;
+pub mod refunds;
 pub mod seats;
 pub mod subscriptions;
 
@@ -37,14 +38,23 @@ pub enum Table {
     Members,
     CustomerSeats,
     SeatHolders,
+    CustomerVersions,
+    Refunds,
+    Discounts,
+    Meters,
+    Organizations,
 }
 
 impl Table {
     /// Every table, in the order a batch writes them.
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 15] = [
+        Table::Organizations,
         Table::Customers,
+        Table::CustomerVersions,
         Table::Products,
         Table::Benefits,
+        Table::Discounts,
+        Table::Meters,
         Table::Subscriptions,
         Table::BenefitGrants,
         Table::Orders,
@@ -52,6 +62,7 @@ impl Table {
         Table::Members,
         Table::CustomerSeats,
         Table::SeatHolders,
+        Table::Refunds,
     ];
 
     pub fn spec(self) -> &'static TableSpec {
@@ -66,6 +77,11 @@ impl Table {
             Self::Members => &members::TABLE,
             Self::CustomerSeats => &seats::SEATS,
             Self::SeatHolders => &seats::HOLDERS,
+            Self::CustomerVersions => &customers::VERSIONS,
+            Self::Refunds => &refunds::TABLE,
+            Self::Discounts => &catalog::DISCOUNTS,
+            Self::Meters => &catalog::METERS,
+            Self::Organizations => &catalog::ORGANIZATIONS,
         }
     }
 
@@ -171,7 +187,13 @@ pub const MAX_ID_BYTES: usize = 256;
 /// [`MAX_ID_BYTES`]: the database would refuse its index entries.
 pub fn check_identifiers(change: &ObjectChange<'_>) -> Result<(), String> {
     let table = change.table.name();
-    if change.id.len() > MAX_ID_BYTES {
+    // A customer version's id is the customer's id and a time: its
+    // customer id column is bounded like any other.
+    let id_limit = match change.table {
+        Table::CustomerVersions => MAX_ID_BYTES + 32,
+        _ => MAX_ID_BYTES,
+    };
+    if change.id.len() > id_limit {
         return Err(too_long(&format!("{table}.id"), change.id.len()));
     }
     for (spec, value) in change.table.columns().iter().zip(&change.columns) {
@@ -294,6 +316,10 @@ pub const FAMILIES: &[Family] = &[
     checkouts::FAMILY,
     catalog::PRODUCT_FAMILY,
     catalog::BENEFIT_FAMILY,
+    catalog::DISCOUNT_FAMILY,
+    catalog::METER_FAMILY,
+    catalog::ORGANIZATION_FAMILY,
+    refunds::FAMILY,
 ];
 
 /// The family of `event_type`, if any projection uses it.
@@ -401,6 +427,7 @@ pub fn columns_fit(specs: &[ColumnSpec], values: &[Column<'_>]) -> bool {
                 Column::Time(_) => "timestamptz",
                 Column::Bool(_) => "boolean",
                 Column::Int(_) => "bigint",
+                Column::Json(_) => "jsonb",
             };
             spec.sql_type == kind
         })
@@ -454,8 +481,11 @@ mod tests {
             ("product.created", Some("product")),
             ("benefit.updated", Some("benefit")),
             ("customer.merged", None),
-            ("refund.created", None),
-            ("organization.updated", None),
+            ("refund.created", Some("refund")),
+            ("organization.updated", Some("organization")),
+            ("discount.deleted", Some("discount")),
+            ("order.refunded", Some("order")),
+            ("subscription.migrated", Some("subscription")),
         ] {
             assert_eq!(
                 family_of(event_type).map(|f| f.prefix),

@@ -22,8 +22,18 @@ pub const TABLE: TableSpec = TableSpec {
         optional("customer_id", "text"),
         optional("subscription_id", "text"),
         required("status", "text"),
+        // Filters and sort keys of `GET /v1/orders/`.
+        optional("product_id", "text"),
+        optional("discount_id", "text"),
+        optional("checkout_id", "text"),
+        required("created_at", "timestamptz"),
+        optional("invoice_number", "text"),
+        optional("net_amount", "bigint"),
+        // The snapshot is kept as text (cheaper to write); the metadata
+        // filter reads this.
+        optional("metadata", "jsonb"),
     ],
-    indexes: &["(customer_id)"],
+    indexes: &["(customer_id)", "(created_at desc, id)"],
     touches,
 };
 
@@ -53,6 +63,21 @@ struct OrderData<'a> {
     #[serde(borrow)]
     status: Cow<'a, str>,
     #[serde(borrow, default)]
+    product_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    discount_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    checkout_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    invoice_number: Option<Cow<'a, str>>,
+    #[serde(default)]
+    net_amount: Option<i64>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+    /// Read only to be checked: the seats list reads it as a number.
+    #[serde(default, rename = "seats")]
+    _seats: Option<i64>,
+    #[serde(borrow, default)]
     customer: Option<&'a RawValue>,
 }
 
@@ -73,6 +98,13 @@ fn decode<'a>(
             Column::Text(o.customer_id),
             Column::Text(o.subscription_id),
             Column::Text(Some(o.status)),
+            Column::Text(o.product_id),
+            Column::Text(o.discount_id),
+            Column::Text(o.checkout_id),
+            Column::Time(Some(o.created_at)),
+            Column::Text(o.invoice_number),
+            Column::Int(o.net_amount),
+            Column::Json(o.metadata.map(|m| Cow::Borrowed(m.get()))),
         ],
     ));
     Ok(())

@@ -29,8 +29,12 @@ pub const SEATS: TableSpec = TableSpec {
         required("status", "text"),
         optional("member_id", "text"),
         optional("revoked_at", "timestamptz"),
+        required("created_at", "timestamptz"),
     ],
-    indexes: &[],
+    indexes: &[
+        "(subscription_id) where subscription_id is not null",
+        "(order_id) where order_id is not null",
+    ],
     touches,
 };
 
@@ -122,6 +126,7 @@ fn decode<'a>(
             Column::Text(Some(seat.status)),
             Column::Text(seat.member_id),
             Column::Time(seat.revoked_at),
+            Column::Time(Some(seat.created_at)),
         ],
     ));
     Ok(())

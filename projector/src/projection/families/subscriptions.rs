@@ -28,8 +28,18 @@ pub const TABLE: TableSpec = TableSpec {
         optional("ended_at", "timestamptz"),
         optional("ends_at", "timestamptz"),
         optional("amount", "bigint"),
+        // Filters of `GET /v1/subscriptions/`.
+        optional("discount_id", "text"),
+        required("cancel_at_period_end", "boolean"),
+        optional("customer_cancellation_reason", "text"),
+        optional("canceled_at", "timestamptz"),
+        optional("recurring_interval", "text"),
     ],
-    indexes: &["(customer_id)"],
+    indexes: &[
+        "(customer_id)",
+        // The default order of the list: newest started first.
+        "(started_at desc, created_at, id) where started_at is not null",
+    ],
     touches,
 };
 
@@ -70,6 +80,19 @@ struct SubscriptionData<'a> {
     ends_at: Option<DateTime<Utc>>,
     #[serde(default)]
     amount: Option<i64>,
+    #[serde(borrow, default)]
+    discount_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    cancel_at_period_end: bool,
+    #[serde(borrow, default)]
+    customer_cancellation_reason: Option<Cow<'a, str>>,
+    #[serde(default)]
+    canceled_at: Option<DateTime<Utc>>,
+    #[serde(borrow, default)]
+    recurring_interval: Option<Cow<'a, str>>,
+    /// Read only to be checked: the seats list reads it as a number.
+    #[serde(default, rename = "seats")]
+    _seats: Option<i64>,
     /// The effective view walks them (`jsonb_array_elements`).
     #[serde(borrow, default)]
     meters: Option<&'a RawValue>,
@@ -104,6 +127,11 @@ fn decode<'a>(
             Column::Time(s.ended_at),
             Column::Time(s.ends_at),
             Column::Int(s.amount),
+            Column::Text(s.discount_id),
+            Column::Bool(s.cancel_at_period_end),
+            Column::Text(s.customer_cancellation_reason),
+            Column::Time(s.canceled_at),
+            Column::Text(s.recurring_interval),
         ],
     ));
     Ok(())

@@ -3,7 +3,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use hookstream_shared::envelope::EnvelopeError;
+use hookstream_shared::envelope::{EnvelopeError, MAX_API_VERSION_LEN};
 use hookstream_shared::http::error_response;
 
 use crate::appender::AppendError;
@@ -33,6 +33,10 @@ pub enum IngestError {
     UnsupportedMediaType,
     #[error("{0}")]
     InvalidPayload(#[from] EnvelopeError),
+    #[error(
+        "webhook-api-version must be sent once, as 1 to {MAX_API_VERSION_LEN} visible ASCII characters"
+    )]
+    BadApiVersion,
     #[error("too many webhooks in flight; retry shortly")]
     Overloaded,
     #[error("the event log cannot take the write right now; retry shortly")]
@@ -54,7 +58,9 @@ impl IngestError {
             Self::UnknownSource => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::BodyUnreadable | Self::InvalidPayload(_) => StatusCode::BAD_REQUEST,
+            Self::BodyUnreadable | Self::InvalidPayload(_) | Self::BadApiVersion => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Unverified(_) => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Overloaded | Self::LogUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -71,6 +77,7 @@ impl IngestError {
             Self::Unverified(e) => e.reason(),
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::InvalidPayload(_) => "invalid_payload",
+            Self::BadApiVersion => "invalid_api_version",
             Self::Overloaded => "overloaded",
             Self::LogUnavailable => "event_log_unavailable",
         }
@@ -81,7 +88,10 @@ impl IngestError {
         match self {
             Self::UnknownSource => "unknown_source",
             Self::PayloadTooLarge { .. } => "too_large",
-            Self::BodyTimeout | Self::BodyUnreadable | Self::InvalidPayload(_) => "bad_request",
+            Self::BodyTimeout
+            | Self::BodyUnreadable
+            | Self::InvalidPayload(_)
+            | Self::BadApiVersion => "bad_request",
             Self::Unverified(_) => "unauthorized",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Overloaded => "overloaded",

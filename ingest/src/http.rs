@@ -3,7 +3,8 @@
 //! listener of their own, which need not be public.
 //!
 //! The webhook handler runs the checks in a fixed order (source, declared
-//! size, signature headers, body, signature, content type, envelope) and
+//! size, signature headers, body, signature, content type, envelope, API
+//! version header) and
 //! reserves a slot or touches the database only for an event that passed
 //! all of them.
 
@@ -32,6 +33,9 @@ use crate::config::HttpSettings;
 use crate::error::{IngestError, Result};
 use crate::metrics::IngestMetrics;
 use crate::signature::Verifier;
+
+/// The header that names the API version a webhook's payload is written in.
+pub const HEADER_API_VERSION: &str = "webhook-api-version";
 
 /// One configured source: its verifier and the counters its accepted
 /// requests bump (resolved once, not per request).
@@ -212,7 +216,10 @@ async fn handle(
     if !is_json_content_type(headers) {
         return Err(IngestError::UnsupportedMediaType);
     }
-    let envelope = envelope::parse(webhook.body())?;
+    let mut envelope = envelope::parse(webhook.body())?;
+    if let Some(version) = header_api_version(headers)? {
+        envelope.api_version = Some(version);
+    }
     let _slot = state
         .in_flight
         .try_acquire()
@@ -223,6 +230,26 @@ async fn handle(
         .append(source, webhook, envelope)
         .instrument(span)
         .await?)
+}
+
+/// The `webhook-api-version` Polar sends with every delivery (the
+/// endpoint's API version), which is kept with the event. It is not signed,
+/// so it is held to the shape of a version; absent, the body's
+/// `api_version` is kept instead.
+fn header_api_version(headers: &HeaderMap) -> Result<Option<String>> {
+    let mut values = headers.get_all(HEADER_API_VERSION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(IngestError::BadApiVersion);
+    }
+    value
+        .to_str()
+        .ok()
+        .and_then(envelope::usable_api_version)
+        .map(|v| Some(v.to_owned()))
+        .ok_or(IngestError::BadApiVersion)
 }
 
 /// A missing content type is tolerated (the signature already proves the

@@ -14,6 +14,8 @@ use serde_json::value::RawValue;
 const MAX_EVENT_TYPE_LEN: usize = 128;
 /// Longest id used as a Kafka key; Polar ids are 36-byte UUIDs.
 const MAX_KEY_LEN: usize = 256;
+/// Longest API version kept (Polar's are `YYYY-MM`).
+pub const MAX_API_VERSION_LEN: usize = 32;
 /// Deepest nesting of arrays and objects accepted. Polar's payloads nest about
 /// six levels; the bound keeps every accepted body well inside serde_json's own
 /// recursion limit (128), so the projector can always parse what ingest took.
@@ -28,6 +30,18 @@ pub struct Envelope {
     pub occurred_at: DateTime<Utc>,
     /// The Kafka key by the Polar rule, or `None` when `data` carries no usable id.
     pub partition_key: Option<String>,
+    /// `api_version`: the API version the payload was written in, when the
+    /// body says so in a usable form (see [`usable_api_version`]).
+    pub api_version: Option<String>,
+}
+
+/// An API version worth keeping: 1 to [`MAX_API_VERSION_LEN`] visible
+/// ASCII characters.
+pub fn usable_api_version(text: &str) -> Option<&str> {
+    (!text.is_empty()
+        && text.len() <= MAX_API_VERSION_LEN
+        && text.bytes().all(|b| b.is_ascii_graphic()))
+    .then_some(text)
 }
 
 /// Why a body is not an envelope. The messages are safe to return to the sender.
@@ -53,6 +67,9 @@ struct RawEnvelope<'a> {
     timestamp: Cow<'a, str>,
     #[serde(borrow)]
     data: DataIds<'a>,
+    /// Kept raw and read only if it is a string, like the key fields.
+    #[serde(borrow, default)]
+    api_version: Option<&'a RawValue>,
 }
 
 /// The few fields of `data` the key rule looks at, read in the same pass as
@@ -139,10 +156,15 @@ pub fn parse(body: &[u8]) -> Result<Envelope, EnvelopeError> {
         .map_err(|_| EnvelopeError::BadTimestamp)?
         .with_timezone(&Utc);
     let partition_key = polar_partition_key(&raw.data);
+    let api_version = raw
+        .api_version
+        .and_then(|v| serde_json::from_str::<Cow<'_, str>>(v.get()).ok())
+        .and_then(|v| usable_api_version(&v).map(str::to_owned));
     Ok(Envelope {
         event_type,
         occurred_at,
         partition_key,
+        api_version,
     })
 }
 

@@ -24,6 +24,9 @@ pub struct NewEvent {
     pub occurred_at: DateTime<Utc>,
     /// The body exactly as received and signed.
     pub body: bytes::Bytes,
+    /// The API version the payload is written in: the `webhook-api-version`
+    /// header of a webhook, else the body's `api_version`.
+    pub api_version: Option<String>,
 }
 
 impl NewEvent {
@@ -45,6 +48,7 @@ impl NewEvent {
                 .unwrap_or_else(|| webhook_id.to_owned()),
             occurred_at: envelope.occurred_at,
             body,
+            api_version: envelope.api_version,
         }
     }
 }
@@ -108,6 +112,10 @@ pub async fn append_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Ve
     let keys = column(|e| &e.partition_key);
     let occurred: Vec<DateTime<Utc>> = unique.iter().map(|&i| events[i].occurred_at).collect();
     let bodies: Vec<&[u8]> = unique.iter().map(|&i| &events[i].body[..]).collect();
+    let api_versions: Vec<Option<&str>> = unique
+        .iter()
+        .map(|&i| events[i].api_version.as_deref())
+        .collect();
 
     // ON CONFLICT DO NOTHING waits for a concurrent uncommitted insert of the
     // same key and then skips it, so racing batches never both win.
@@ -116,10 +124,10 @@ pub async fn append_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Ve
     let inserted = sqlx::query!(
         r#"
         with appended as (
-            insert into event_log (source, webhook_id, event_type, partition_key, occurred_at, body)
-            select source, webhook_id, event_type, partition_key, occurred_at, body
-            from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bytea[])
-                with ordinality as batch(source, webhook_id, event_type, partition_key, occurred_at, body, position)
+            insert into event_log (source, webhook_id, event_type, partition_key, occurred_at, body, api_version)
+            select source, webhook_id, event_type, partition_key, occurred_at, body, api_version
+            from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bytea[], $7::text[])
+                with ordinality as batch(source, webhook_id, event_type, partition_key, occurred_at, body, api_version, position)
             order by position
             on conflict (source, webhook_id) do nothing
             returning seq, source, webhook_id
@@ -134,6 +142,7 @@ pub async fn append_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Ve
         &keys as &[&str],
         &occurred,
         &bodies as &[&[u8]],
+        &api_versions as &[Option<&str>],
     )
     .fetch_all(pool)
     .await?;

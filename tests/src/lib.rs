@@ -210,6 +210,108 @@ pub async fn sdk_members_check(
     Ok((output.status.success(), report))
 }
 
+/// Waits (up to a minute) until the projector has applied everything in
+/// the log.
+pub async fn wait_until_projected(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (logged, applied): (i64, i64) = sqlx::query_as(
+            "select (select count(*) from event_log),
+                    (select coalesce(sum(messages_applied), 0)::bigint from projector_offsets)",
+        )
+        .fetch_one(pool)
+        .await?;
+        if applied >= logged {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the projector applied {applied} of {logged} logged events in a minute"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// What `polarsim compare` found: the calls made, and those whose answers
+/// differed, with its report (stdout and stderr).
+#[derive(Debug)]
+pub struct Compared {
+    pub calls: u64,
+    pub differ: u64,
+    pub report: String,
+}
+
+/// Runs `polarsim compare` of `dir/expected.json`: Polar's own Python SDK
+/// makes `calls` seeded random reads (every operation hookstream serves, all
+/// three API versions) against `reference` (serve-api, Polar's semantics)
+/// and `candidate`, and reports every difference.
+pub async fn polarsim_compare(
+    dir: &Path,
+    reference: (&str, &str),
+    candidate: (&str, &str),
+    seed: u32,
+    calls: u32,
+) -> anyhow::Result<Compared> {
+    let mut command = polarsim_command("compare")?;
+    command
+        .arg(dir.join("expected.json"))
+        .args(["--reference", reference.0, "--reference-token", reference.1])
+        .args(["--candidate", candidate.0, "--candidate-token", candidate.1])
+        .args(["--seed", &seed.to_string(), "--calls", &calls.to_string()])
+        .args(["--max-report", "40"]);
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
+    let mut report = String::from_utf8_lossy(&output.stdout).into_owned();
+    report.push_str(&String::from_utf8_lossy(&output.stderr));
+    // "compare: N calls, I identical, D differ"
+    let summary = report
+        .lines()
+        .rev()
+        .filter(|line| line.ends_with(" differ"))
+        .find_map(|line| line.strip_prefix("compare: "))
+        .with_context(|| format!("polarsim compare printed no summary:\n{report}"))?;
+    let number_before = |word: &str| -> anyhow::Result<u64> {
+        let words: Vec<&str> = summary
+            .split([' ', ','])
+            .filter(|w| !w.is_empty())
+            .collect();
+        let at = words
+            .iter()
+            .position(|w| *w == word)
+            .with_context(|| format!("no {word:?} in {summary:?}"))?;
+        Ok(words[at.checked_sub(1).context("no count")?].parse()?)
+    };
+    Ok(Compared {
+        calls: number_before("calls")?,
+        differ: number_before("differ")?,
+        report,
+    })
+}
+
+/// Reads a read API through Polar's TypeScript SDK (@polar-sh/sdk 1.0.1,
+/// `tests/sdk/ts/replica.mjs`) in every API version, checking the fields
+/// against `dir/expected.json`. Returns whether every check passed and the
+/// script's output.
+pub async fn ts_sdk_check(dir: &Path, api: &str, token: &str) -> anyhow::Result<(bool, String)> {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/ts");
+    anyhow::ensure!(
+        sdk.join("node_modules/@polar-sh/sdk").exists(),
+        "the TypeScript SDK is not installed: npm ci --prefix {} (scripts/test does)",
+        sdk.display()
+    );
+    let mut command = Command::new("node");
+    command
+        .current_dir(&sdk)
+        .arg("replica.mjs")
+        .arg(dir.join("expected.json"))
+        .args([api, token]);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await?
+        .context("cannot run node")?;
+    let mut report = String::from_utf8_lossy(&output.stdout).into_owned();
+    report.push_str(&String::from_utf8_lossy(&output.stderr));
+    Ok((output.status.success(), report))
+}
+
 /// Generates a stream into `dir` unless it is already there (polarsim is
 /// deterministic per seed and version, so a cached stream is the same stream).
 ///

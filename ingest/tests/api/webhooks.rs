@@ -64,6 +64,40 @@ async fn a_new_event_is_stored_byte_for_byte_and_answered_with_its_seq(pool: PgP
 }
 
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn the_api_version_is_kept_from_the_header_else_from_the_body(pool: PgPool) {
+    let app = TestIngest::spawn(pool).await;
+    // Polar names the endpoint's version in a header; the body says it too.
+    let body = customer_created("c1");
+    let sent = app
+        .webhook("wh-v1", &body)
+        .header("webhook-api-version", "2027-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    // Without the header (another sender, an older Polar): the body's.
+    app.answer("wh-v2", &customer_created("c2")).await;
+    // Neither: nothing is made up.
+    let bare =
+        r#"{"type":"customer.created","timestamp":"2026-01-02T07:12:11Z","data":{"id":"c3"}}"#;
+    app.answer("wh-v3", bare).await;
+    let kept: Vec<(String, Option<String>)> =
+        sqlx::query_as("select webhook_id, api_version from event_log order by webhook_id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        kept,
+        vec![
+            ("wh-v1".into(), Some("2027-01".into())),
+            ("wh-v2".into(), Some("2026-10".into())),
+            ("wh-v3".into(), None),
+        ]
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
 async fn a_duplicate_is_answered_200_and_adds_nothing(pool: PgPool) {
     let app = TestIngest::spawn(pool).await;
     let body = customer_created("c1");
@@ -304,6 +338,21 @@ async fn every_refusal_stores_nothing(pool: PgPool) {
                 .header("content-type", "text/plain"),
             status: 415,
             code: "unsupported_media_type",
+        },
+        Refusal {
+            name: "signed, an API version that is not one",
+            request: signed_with("r14", ts, sign("r14", ts, &body), &body)
+                .header("webhook-api-version", "2026-10 ".repeat(8)),
+            status: 400,
+            code: "invalid_api_version",
+        },
+        Refusal {
+            name: "signed, two API versions",
+            request: signed_with("r15", ts, sign("r15", ts, &body), &body)
+                .header("webhook-api-version", "2026-10")
+                .header("webhook-api-version", "2027-01"),
+            status: 400,
+            code: "invalid_api_version",
         },
         Refusal {
             name: "over the size limit",

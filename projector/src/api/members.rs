@@ -126,6 +126,8 @@ fn member_not_found() -> Response {
     ApiError::NotFoundWith("Member not found").into_response()
 }
 
+/// A live member of a live customer: a deleted customer's members are gone
+/// with it, whether or not their own deletion has been seen.
 pub async fn get_one(
     State(state): State<ApiState>,
     Extension(version): Extension<ApiVersion>,
@@ -137,6 +139,7 @@ pub async fn get_one(
     query.finish()?;
     let row: Option<Stored> = sqlx::query_as(
         "select m.id, m.v_at, m.snapshot::text as snapshot from projection.members m
+         join projection.customers c on c.id = m.customer_id and c.deleted_at is null
          where m.id = $2 and m.customer_id = $1 and m.deleted_at is null",
     )
     .bind(customer_id)

@@ -24,6 +24,7 @@ struct Logged {
     partition_key: String,
     occurred_at: DateTime<Utc>,
     received_at: DateTime<Utc>,
+    api_version: Option<String>,
     body: Vec<u8>,
     duplicates: Option<i64>,
     last_duplicate_at: Option<DateTime<Utc>>,
@@ -41,7 +42,7 @@ pub async fn page(
     let pool = &state.api.pool;
     let logged: Option<Logged> = sqlx::query_as(
         "select l.seq, l.source, l.webhook_id, l.event_type, l.partition_key, l.occurred_at,
-                l.received_at, l.body, d.copies as duplicates, d.last_received_at as last_duplicate_at,
+                l.received_at, l.api_version, l.body, d.copies as duplicates, d.last_received_at as last_duplicate_at,
                 exists (select 1 from event_log_outbox o where o.seq = l.seq) as queued_for_relay
          from event_log l left join event_log_duplicates d on d.seq = l.seq
          where l.seq = $1",
@@ -78,6 +79,12 @@ pub async fn page(
             tr { th { "webhook-id" } td.mono { (logged.webhook_id) } }
             tr { th { "Occurred (envelope timestamp)" } td { (time(Some(logged.occurred_at))) } }
             tr { th { "Received" } td { (time(Some(logged.received_at))) } }
+            tr { th { "API version" } td.mono {
+                @match &logged.api_version {
+                    Some(version) => { (version) },
+                    None => span.muted { "not recorded" },
+                }
+            } }
             tr { th { "Duplicate deliveries" } td {
                 @match logged.duplicates {
                     Some(copies) => { (copies) ", the last at " (time(logged.last_duplicate_at)) " (answered 200, not logged again)" },
@@ -89,7 +96,7 @@ pub async fn page(
             } }
         }
         p.hint {
-            "Ingest keeps the webhook-id, the source and the body byte for byte. "
+            "Ingest keeps the webhook-id, the source, the API version (webhook-api-version) and the body byte for byte. "
             "The signature and its timestamp (webhook-signature, webhook-timestamp) are checked and not kept."
         }
         h2 { "Where it went" }

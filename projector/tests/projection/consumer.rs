@@ -1182,6 +1182,7 @@ async fn messages_kafka_lost_before_they_were_applied_are_backfilled_from_the_lo
                 event_type: "x".into(),
                 partition_key: "k".into(),
                 occurred_at: chrono::Utc::now(),
+                api_version: None,
                 body: body.clone().into(),
             })
             .collect();

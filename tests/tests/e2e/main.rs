@@ -7,3 +7,4 @@ mod chaos;
 mod console;
 mod pipeline;
 mod reconcile;
+mod replica;

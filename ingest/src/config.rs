@@ -61,7 +61,14 @@ pub struct PolarApiSettings {
     /// deliveries are the ones pulled, and the periodic mode checks that
     /// Polar has not disabled it.
     pub endpoint_id: Option<String>,
+    /// `POLAR_API_VERSION` (`2026-10`): the `Polar-Version` every request
+    /// sends, so what reconcile reads does not change when Polar changes its
+    /// default (2026-04 until January 2027, then 2027-01).
+    pub api_version: String,
 }
+
+/// The API versions reconcile can read (polar-sdk 1.0.x's).
+const API_VERSIONS: [&str; 3] = ["2026-04", "2026-10", "2027-01"];
 
 /// When the ingest service reconciles by itself.
 #[derive(Debug, Clone)]
@@ -139,8 +146,18 @@ impl PolarApiSettings {
                 "must be the endpoint's id as Polar shows it (a UUID)",
             ));
         }
+        let api_version = settings
+            .get("POLAR_API_VERSION")?
+            .unwrap_or_else(|| "2026-10".to_owned());
+        if !API_VERSIONS.contains(&api_version.as_str()) {
+            return Err(ConfigError::new(
+                "POLAR_API_VERSION",
+                format!("must be one of {}", API_VERSIONS.join(", ")),
+            ));
+        }
         Ok(Self {
             access_token: Secret::new(token.trim()),
+            api_version,
             base_url,
             requests_per_minute: u32::try_from(requests_per_minute).unwrap_or(u32::MAX),
             timeout: settings.millis_or("POLAR_API_TIMEOUT_MS", 30_000)?,
@@ -565,6 +582,7 @@ mod tests {
             ("POLAR_API_TIMEOUT_MS", "soon"),
             ("POLAR_API_RETRY_SECS", "-5"),
             ("POLAR_WEBHOOK_ENDPOINT_ID", "not an id!"),
+            ("POLAR_API_VERSION", "2025-01"),
         ] {
             let err = with(&[
                 ("INGEST_RECONCILE_INTERVAL", "1h"),

@@ -61,8 +61,9 @@ pub struct ReconcileMetrics {
     pub objects_seen: IntCounter,
     /// Events a run added to the log (scan and deliveries).
     pub events_appended: IntCounter,
-    /// Customers recorded as deleted (absent from Polar's list, 404 alone).
-    pub customers_removed: IntCounter,
+    /// Customers, discounts and members recorded as deleted (absent from
+    /// Polar's list, 404 alone).
+    pub objects_removed: IntCounter,
     /// `429`s from Polar (each waited out).
     pub rate_limited: IntCounter,
     /// Unix time of the last successful run's end.
@@ -95,9 +96,9 @@ impl ReconcileMetrics {
                 "Events reconcile added to the log",
             )
             .expect("metric"),
-            customers_removed: IntCounter::new(
-                "reconcile_customers_removed_total",
-                "Customers recorded as deleted by reconcile",
+            objects_removed: IntCounter::new(
+                "reconcile_objects_removed_total",
+                "Customers, discounts and members recorded as deleted by reconcile",
             )
             .expect("metric"),
             rate_limited: IntCounter::new(
@@ -122,7 +123,7 @@ impl ReconcileMetrics {
             Box::new(metrics.runs.clone()),
             Box::new(metrics.objects_seen.clone()),
             Box::new(metrics.events_appended.clone()),
-            Box::new(metrics.customers_removed.clone()),
+            Box::new(metrics.objects_removed.clone()),
             Box::new(metrics.rate_limited.clone()),
             Box::new(metrics.last_success.clone()),
             Box::new(metrics.endpoint_enabled.clone()),

@@ -10,31 +10,38 @@
 //!   overwrites a newer webhook, and a later webhook always wins. The
 //!   webhook-id is `polar-api:<kind>:<id>:<version>`, so a version already
 //!   logged by an earlier scan is a duplicate and a rerun appends nothing.
-//! - **Absences.** Polar does not list deleted customers. A customer the
-//!   live projection holds that the full list no longer returns is looked up
-//!   on its own (`GET /v1/customers/{id}`), since offset pages over a list
-//!   that changes during the scan can skip an item. Only a 404 makes it
-//!   absent, and the absence is recorded as a `customer.deleted` event whose
-//!   version is the scan's start by Polar's clock. Why that is safe beside
-//!   concurrent webhooks: the customer was seen absent after the scan began,
-//!   so every version it had before the start is superseded, and any version
-//!   written after the start (a webhook racing the scan, or one delivered
-//!   late) is newer than the absence and wins over it. An absence found by a
-//!   scan is in the log like any event, so it survives replay.
+//! - **Versions.** Every request asks for one API version
+//!   (`POLAR_API_VERSION`), and every event a scan writes says so in its
+//!   envelope's `api_version`, as a webhook of that version would.
+//! - **Members.** Polar's flat `GET /v1/members/` is deprecated (polar-sdk
+//!   1.0.x has no call for it). When it answers 404, members are read per
+//!   listed customer (`GET /v1/customers/{id}/members`): one more request per
+//!   customer, which at Polar's 500 a minute is the slow part of a scan.
+//! - **Absences.** Polar does not list deleted customers, discounts or
+//!   members. One the live projection holds that the full list no longer
+//!   returns is looked up on its own (`GET /v1/customers/{id}`, ...), since
+//!   offset pages over a list that changes during the scan can skip an item.
+//!   Only a 404 makes it absent, and the absence is recorded as a `*.deleted`
+//!   event whose version is the scan's start by Polar's clock. Why that is
+//!   safe beside concurrent webhooks: the object was seen absent after the
+//!   scan began, so every version it had before the start is superseded, and
+//!   any version written after the start (a webhook racing the scan, or one
+//!   delivered late) is newer than the absence and wins over it. An absence
+//!   found by a scan is in the log like any event, so it survives replay.
 //! - **Deliveries.** Failed deliveries still hold their payload for 90
 //!   days. They are appended under source `polar` and the webhook-id Polar
 //!   sent, the same `(source, webhook_id)` dedup as a live delivery: a
 //!   redelivery, or a delivery that did land after all, is a duplicate.
 //!
 //! Nothing here is half-written in a way a rerun cannot fix: appends are
-//! idempotent, and absences are only recorded after the customer list was
-//! read to its end.
+//! idempotent, and absences are only recorded after the list was read to its
+//! end.
 
 pub mod periodic;
 pub mod polar_api;
 pub mod runs;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -56,8 +63,6 @@ use polar_api::{ApiError, PolarApi};
 pub const SCAN_SOURCE: &str = "polar-api";
 /// The source live webhooks come in on, which pulled deliveries share.
 pub const WEBHOOK_SOURCE: &str = "polar";
-/// The API version whose shapes are read and written.
-const API_VERSION: &str = "2026-10";
 /// Pages whose events wait to be appended while the next pages are read.
 const APPEND_QUEUE_PAGES: usize = 8;
 
@@ -66,25 +71,35 @@ const APPEND_QUEUE_PAGES: usize = 8;
 pub enum Kind {
     Product,
     Benefit,
+    Discount,
+    Meter,
     Customer,
     Member,
     Subscription,
     BenefitGrant,
     Order,
+    /// Seats of seat-based subscriptions and orders: no list of their own,
+    /// read per subscription and order that has seats.
+    Seat,
+    Refund,
     Checkout,
 }
 
 impl Kind {
     /// The scan's order: what others refer to first, customers before the
     /// objects that embed them.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Product,
         Kind::Benefit,
+        Kind::Discount,
+        Kind::Meter,
         Kind::Customer,
         Kind::Member,
         Kind::Subscription,
         Kind::BenefitGrant,
         Kind::Order,
+        Kind::Seat,
+        Kind::Refund,
         Kind::Checkout,
     ];
 
@@ -92,11 +107,15 @@ impl Kind {
         match self {
             Kind::Product => "product",
             Kind::Benefit => "benefit",
+            Kind::Discount => "discount",
+            Kind::Meter => "meter",
             Kind::Customer => "customer",
             Kind::Member => "member",
             Kind::Subscription => "subscription",
             Kind::BenefitGrant => "benefit_grant",
             Kind::Order => "order",
+            Kind::Seat => "customer_seat",
+            Kind::Refund => "refund",
             Kind::Checkout => "checkout",
         }
     }
@@ -105,24 +124,40 @@ impl Kind {
         match self {
             Kind::Product => "/v1/products/",
             Kind::Benefit => "/v1/benefits/",
+            Kind::Discount => "/v1/discounts/",
+            Kind::Meter => "/v1/meters/",
             Kind::Customer => "/v1/customers/",
             Kind::Member => "/v1/members/",
             Kind::Subscription => "/v1/subscriptions/",
             Kind::BenefitGrant => "/v1/benefit-grants/",
             Kind::Order => "/v1/orders/",
+            Kind::Seat => "/v1/customer-seats",
+            Kind::Refund => "/v1/refunds/",
             Kind::Checkout => "/v1/checkouts/",
         }
     }
 
-    /// The webhook type whose envelope carries a snapshot of this kind.
-    fn event_type(self) -> String {
-        format!("{}.updated", self.name())
-    }
-
-    /// Members are listed only where Polar's member model is on; a 404 there
-    /// means there is nothing to scan, not a failure.
-    fn may_be_absent(self) -> bool {
-        self == Kind::Member
+    /// The webhook type whose envelope carries this snapshot of this kind.
+    /// Meters have no webhooks; `meter.updated` is hookstream's own, and the
+    /// projector takes it as it would Polar's. Seats have no `updated`: a
+    /// seat comes as the event that leaves it in its status.
+    fn event_type(self, item: &RawValue) -> anyhow::Result<String> {
+        if self != Kind::Seat {
+            return Ok(format!("{}.updated", self.name()));
+        }
+        #[derive(Deserialize)]
+        struct Status<'a> {
+            status: &'a str,
+        }
+        let seat: Status<'_> =
+            serde_json::from_str(item.get()).context("a seat without its status")?;
+        Ok(match seat.status {
+            "pending" => "customer_seat.assigned",
+            "claimed" => "customer_seat.claimed",
+            "revoked" => "customer_seat.revoked",
+            other => anyhow::bail!("a seat of unknown status {other:?}"),
+        }
+        .to_owned())
     }
 }
 
@@ -144,10 +179,14 @@ pub struct Summary {
     pub appended: u64,
     /// Objects whose version an earlier scan had logged already.
     pub unchanged: u64,
-    /// Customers recorded as deleted (absent from the full list, 404 alone).
+    /// Objects recorded as deleted (absent from the full list, 404 alone).
     pub removed: u64,
-    /// Customers the list missed that turned out to exist (pages shifted).
+    /// The same, by kind (customer, discount, member).
+    pub removed_by_kind: BTreeMap<&'static str, u64>,
+    /// Objects the list missed that turned out to exist (pages shifted).
     pub missed_by_pages: u64,
+    /// Whether members were read per customer (the flat list is gone).
+    pub members_per_customer: bool,
     pub deliveries: DeliveriesSummary,
     pub requests: u64,
     pub rate_limited: u64,
@@ -199,9 +238,12 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  events appended {}, unchanged {}, customers removed {}, missed by paging and refreshed {}",
-            self.appended, self.unchanged, self.removed, self.missed_by_pages
+            "  events appended {}, unchanged {}, removed {} {:?}, missed by paging and refreshed {}",
+            self.appended, self.unchanged, self.removed, self.removed_by_kind, self.missed_by_pages
         )?;
+        if self.members_per_customer {
+            writeln!(f, "  members read per customer (no flat list)")?;
+        }
         let kinds: Vec<String> = self.seen.iter().map(|(k, n)| format!("{k} {n}")).collect();
         if !kinds.is_empty() {
             writeln!(f, "  seen: {}", kinds.join(", "))?;
@@ -320,114 +362,299 @@ impl Reconciler {
         progress: &mut ProgressReport,
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut scan_started: Option<DateTime<Utc>> = None;
-        let mut listed_customers = HashSet::new();
+        let mut scan = ScanState::default();
         for kind in Kind::ALL {
-            let mut page = 1u64;
-            loop {
-                if stop.is_cancelled() {
-                    anyhow::bail!("stopped before the scan was complete");
-                }
-                progress.set_message(&format!(
-                    "reconcile: {}s page {page}, {} requests, {} waits for 429",
-                    kind.name(),
-                    self.api.stats.requests(),
-                    self.api.stats.rate_limited()
-                ));
-                let fetched = match self.api.page(kind.list_path(), "", page).await {
-                    Err(ApiError::Refused { status: 404, .. }) if kind.may_be_absent() => {
-                        tracing::info!(
-                            kind = kind.name(),
-                            "not listed by this organization; skipped"
-                        );
-                        break;
-                    }
-                    other => other?,
-                };
-                // The scan's start by Polar's clock: its first answer.
-                scan_started.get_or_insert(fetched.answered_at);
-                if page == 1 {
-                    progress.set_total(progress.events() + fetched.total_count);
-                }
-                let events = fetched
-                    .items
-                    .iter()
-                    .map(|item| {
-                        let object = Versioned::of(item).with_context(|| {
-                            format!("an item of {} (page {page})", kind.list_path())
-                        })?;
-                        if kind == Kind::Customer {
-                            listed_customers.insert(object.id.clone());
-                        }
-                        snapshot_event(kind, &object, item, fetched.answered_at)
-                    })
-                    .collect::<anyhow::Result<Vec<NewEvent>>>()?;
-                let count = events.len() as u64;
-                *summary.seen.entry(kind.name()).or_default() += count;
-                progress.advance(count);
-                send(queue, Batch::Scan(events)).await?;
-                if page >= fetched.max_page || fetched.items.is_empty() {
-                    break;
-                }
-                page += 1;
-            }
-            if kind == Kind::Customer {
-                let since = scan_started.unwrap_or_else(Utc::now);
-                let (removed, missed) = self
-                    .record_absent_customers(&listed_customers, since, queue)
+            let listed = if kind == Kind::Member {
+                self.scan_members(&mut scan, queue, summary, progress, stop)
+                    .await?
+            } else if kind == Kind::Seat {
+                self.scan_seats(&mut scan, queue, summary, stop).await?;
+                None
+            } else {
+                let listed = self
+                    .scan_list(
+                        kind,
+                        kind.list_path(),
+                        &mut scan,
+                        queue,
+                        summary,
+                        progress,
+                        stop,
+                    )
                     .await?;
-                summary.removed = removed;
-                summary.missed_by_pages = missed;
+                Some(listed.with_context(|| {
+                    format!("{} answered 404, and Polar always has it", kind.list_path())
+                })?)
+            };
+            let Some(listed) = listed else {
+                // No member list at all (the organization has no member
+                // model): nothing to tell absences from.
+                continue;
+            };
+            // What the projection holds that the list lacks is looked up
+            // now, before webhooks arriving during the scan add more.
+            if let Some(absences) = Absences::of(kind) {
+                let rows = live_rows(&self.pool, absences).await?;
+                self.look_up_unlisted(absences, rows, &listed, &mut scan, queue, summary)
+                    .await?;
+                scan.listed.insert(kind, listed);
             }
+        }
+        // Objects the scan saw embedded but not listed may be new to the
+        // projection (created and deleted while webhooks were missed).
+        for (kind, listed) in std::mem::take(&mut scan.listed) {
+            let absences = Absences::of(kind).expect("only kinds that can be absent are kept");
+            let mut rows = scan.embedded_only(kind, &listed);
+            let ids: Vec<&str> = rows.iter().map(|row| row.id.as_str()).collect();
+            let deleted = deleted_rows(&self.pool, absences, &ids).await?;
+            rows.retain(|row| !deleted.contains(&row.id));
+            self.look_up_unlisted(absences, rows, &listed, &mut scan, queue, summary)
+                .await?;
+        }
+        self.record_absences(&mut scan, queue, summary).await
+    }
+
+    /// Every page of one list into the log; the ids listed, or `None` when
+    /// the list answered 404 (a route Polar does not have).
+    #[allow(clippy::too_many_arguments)]
+    async fn scan_list(
+        &self,
+        kind: Kind,
+        path: &str,
+        scan: &mut ScanState,
+        queue: &mpsc::Sender<Batch>,
+        summary: &mut Summary,
+        progress: &mut ProgressReport,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Option<HashSet<String>>> {
+        let mut listed = HashSet::new();
+        let mut page = 1u64;
+        loop {
+            if stop.is_cancelled() {
+                anyhow::bail!("stopped before the scan was complete");
+            }
+            progress.set_message(&format!(
+                "reconcile: {}s page {page}, {} requests, {} waits for 429",
+                kind.name(),
+                self.api.stats.requests(),
+                self.api.stats.rate_limited()
+            ));
+            let fetched = match self.api.page(path, "", page).await {
+                Err(ApiError::Refused { status: 404, .. }) if page == 1 => return Ok(None),
+                other => other?,
+            };
+            // The scan's start by Polar's clock: its first answer.
+            scan.started.get_or_insert(fetched.answered_at);
+            if page == 1 {
+                progress.set_total(progress.events() + fetched.total_count);
+            }
+            let events = fetched
+                .items
+                .iter()
+                .map(|item| {
+                    let object = Versioned::of(item)
+                        .with_context(|| format!("an item of {path} (page {page})"))?;
+                    scan.note_embedded(kind, &object.id, item);
+                    listed.insert(object.id.clone());
+                    snapshot_event(self.api.version(), kind, &object, item, fetched.answered_at)
+                })
+                .collect::<anyhow::Result<Vec<NewEvent>>>()?;
+            let count = events.len() as u64;
+            *summary.seen.entry(kind.name()).or_default() += count;
+            progress.advance(count);
+            send(queue, Batch::Scan(events)).await?;
+            if page >= fetched.max_page || fetched.items.is_empty() {
+                break;
+            }
+            page += 1;
+        }
+        if kind == Kind::Customer {
+            scan.live_customers.clone_from(&listed);
+        }
+        Ok(Some(listed))
+    }
+
+    /// The seats of every subscription and order the scan saw with seats
+    /// (`GET /v1/customer-seats?subscription_id=` or `order_id=`, one request
+    /// each: Polar has no list of all seats).
+    async fn scan_seats(
+        &self,
+        scan: &mut ScanState,
+        queue: &mpsc::Sender<Batch>,
+        summary: &mut Summary,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        #[derive(Deserialize)]
+        struct SeatsList {
+            seats: Vec<Box<RawValue>>,
+        }
+        for (owner, id) in std::mem::take(&mut scan.seat_owners) {
+            if stop.is_cancelled() {
+                anyhow::bail!("stopped before the scan was complete");
+            }
+            let path = format!("{}?{owner}={id}", Kind::Seat.list_path());
+            let answer = self.api.get(&path).await?;
+            match answer.status.as_u16() {
+                200 => {}
+                // Gone since it was listed: the next scan has it right.
+                404 => continue,
+                _ => return Err(polar_api::refused(&path, &answer).into()),
+            }
+            let list: SeatsList =
+                serde_json::from_slice(&answer.body).map_err(|e| ApiError::Malformed {
+                    path: path.clone(),
+                    reason: format!("not a list of seats ({e})"),
+                })?;
+            let events = list
+                .seats
+                .iter()
+                .map(|seat| {
+                    let object = Versioned::of(seat).with_context(|| path.clone())?;
+                    scan.note_embedded(Kind::Seat, &object.id, seat);
+                    snapshot_event(
+                        self.api.version(),
+                        Kind::Seat,
+                        &object,
+                        seat,
+                        answer.answered_at,
+                    )
+                })
+                .collect::<anyhow::Result<Vec<NewEvent>>>()?;
+            *summary.seen.entry(Kind::Seat.name()).or_default() += events.len() as u64;
+            send(queue, Batch::Scan(events)).await?;
         }
         Ok(())
     }
 
-    /// Customers the live projection holds that the complete list did not
-    /// return: each is looked up; a 404 records its deletion as of `since`,
-    /// an answer refreshes it (the pages had shifted under the scan).
-    async fn record_absent_customers(
+    /// Members from the flat list where Polar still has it, else customer
+    /// by customer (each listed customer's `/members`); `None` when no list
+    /// of members answered at all.
+    async fn scan_members(
         &self,
-        listed: &HashSet<String>,
-        since: DateTime<Utc>,
+        scan: &mut ScanState,
         queue: &mpsc::Sender<Batch>,
-    ) -> anyhow::Result<(u64, u64)> {
-        let known = live_customers(&self.pool).await?;
-        let (mut removed, mut missed) = (0, 0);
-        let mut events = Vec::new();
-        for (id, snapshot) in known {
-            if listed.contains(&id) {
+        summary: &mut Summary,
+        progress: &mut ProgressReport,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Option<HashSet<String>>> {
+        let flat = self
+            .scan_list(
+                Kind::Member,
+                Kind::Member.list_path(),
+                scan,
+                queue,
+                summary,
+                progress,
+                stop,
+            )
+            .await?;
+        if flat.is_some() {
+            return Ok(flat);
+        }
+        tracing::info!("no flat member list: reading members customer by customer");
+        summary.members_per_customer = true;
+        let mut customers: Vec<String> = scan.live_customers.iter().cloned().collect();
+        customers.sort();
+        let mut listed: Option<HashSet<String>> = None;
+        for customer in customers {
+            let path = format!("/v1/customers/{customer}/members");
+            match self
+                .scan_list(Kind::Member, &path, scan, queue, summary, progress, stop)
+                .await?
+            {
+                Some(members) => listed.get_or_insert_with(HashSet::new).extend(members),
+                // Deleted since the customer list was read: its members go
+                // with it, and the next scan finds the customer absent.
+                None => {
+                    scan.live_customers.remove(&customer);
+                }
+            }
+        }
+        Ok(listed)
+    }
+
+    /// Looks up each of `rows` the complete list did not return, on its
+    /// own: a 404 makes it absent (recorded once the scan is read, see
+    /// [`Reconciler::record_absences`]); an answer refreshes it (the pages
+    /// had shifted under the scan).
+    async fn look_up_unlisted(
+        &self,
+        absences: Absences,
+        rows: Vec<LiveRow>,
+        listed: &HashSet<String>,
+        scan: &mut ScanState,
+        queue: &mpsc::Sender<Batch>,
+        summary: &mut Summary,
+    ) -> anyhow::Result<()> {
+        let kind = absences.kind;
+        let mut refreshed = Vec::new();
+        for row in rows {
+            if listed.contains(&row.id) || !scan.looked_up.insert((kind, row.id.clone())) {
                 continue;
             }
-            let path = format!("/v1/customers/{id}");
+            // A member is looked up under its customer; one whose customer
+            // Polar no longer lists goes with the customer's deletion.
+            if kind == Kind::Member && !scan.live_customers.contains(&row.owner) {
+                continue;
+            }
+            let path = (absences.get_path)(&row);
             let answer = self.api.get(&path).await?;
             match answer.status.as_u16() {
-                404 => {
-                    events.push(absence_event(&id, &snapshot, since)?);
-                    removed += 1;
-                }
+                404 => scan.absent.push((kind, row)),
                 200 => {
                     let item: Box<RawValue> =
                         serde_json::from_slice(&answer.body).map_err(|e| ApiError::Malformed {
                             path: path.clone(),
-                            reason: format!("not a customer ({e})"),
+                            reason: format!("not a {} ({e})", kind.name()),
                         })?;
                     let object = Versioned::of(&item).with_context(|| path.clone())?;
-                    events.push(snapshot_event(
-                        Kind::Customer,
+                    refreshed.push(snapshot_event(
+                        self.api.version(),
+                        kind,
                         &object,
                         &item,
                         answer.answered_at,
                     )?);
-                    missed += 1;
+                    summary.missed_by_pages += 1;
                 }
                 _ => return Err(polar_api::refused(&path, &answer).into()),
             }
         }
-        if !events.is_empty() {
-            send(queue, Batch::Scan(events)).await?;
+        if !refreshed.is_empty() {
+            send(queue, Batch::Scan(refreshed)).await?;
         }
-        Ok((removed, missed))
+        Ok(())
+    }
+
+    /// The deletions of what was found absent, once the whole scan is read:
+    /// a deleted customer whose last snapshot came embedded in a
+    /// subscription, order, grant or checkout is left to that snapshot (it
+    /// says when, which an absence cannot); a member's or discount's
+    /// deletion supersedes the newest snapshot seen, so that no embedded
+    /// copy outranks it.
+    async fn record_absences(
+        &self,
+        scan: &mut ScanState,
+        queue: &mpsc::Sender<Batch>,
+        summary: &mut Summary,
+    ) -> anyhow::Result<()> {
+        let since = scan.started.unwrap_or_else(Utc::now);
+        let mut events = Vec::new();
+        for (kind, mut row) in std::mem::take(&mut scan.absent) {
+            *summary.removed_by_kind.entry(kind.name()).or_default() += 1;
+            summary.removed += 1;
+            if kind == Kind::Customer && scan.seen_deleted_customers.contains(&row.id) {
+                continue;
+            }
+            if let Some(newer) = scan.newer_embedded(kind, &row) {
+                row.snapshot = newer;
+            }
+            events.push(absence_event(self.api.version(), kind, &row, since)?);
+        }
+        if !events.is_empty() {
+            send(queue, Batch::Absences(events)).await?;
+        }
+        Ok(())
     }
 
     /// Every failed delivery's payload, once per event, for the log.
@@ -522,8 +749,182 @@ impl Versioned {
     }
 }
 
+/// What one scan has learnt that later kinds need.
+#[derive(Debug, Default)]
+struct ScanState {
+    /// The scan's start by Polar's clock: its first answer.
+    started: Option<DateTime<Utc>>,
+    /// The ids each kind that can be absent was listed with.
+    listed: BTreeMap<Kind, HashSet<String>>,
+    /// What was looked up on its own, not to ask twice.
+    looked_up: HashSet<(Kind, String)>,
+    /// What Polar answered 404 for: deleted.
+    absent: Vec<(Kind, LiveRow)>,
+    /// The customers the complete customer list returned, less any that
+    /// vanished while their members were read.
+    live_customers: HashSet<String>,
+    /// Customers seen embedded, deleted, in what the scan read.
+    seen_deleted_customers: HashSet<String>,
+    /// The newest snapshot of each member and discount seen embedded in
+    /// what the scan read, with its version.
+    embedded: HashMap<(Kind, String), (DateTime<Utc>, String)>,
+    /// What has seats: (`subscription_id` or `order_id`, its id).
+    seat_owners: Vec<(&'static str, String)>,
+}
+
+impl ScanState {
+    /// Rows for the objects of `kind` seen embedded that were neither
+    /// listed nor looked up already.
+    fn embedded_only(&self, kind: Kind, listed: &HashSet<String>) -> Vec<LiveRow> {
+        #[derive(Deserialize)]
+        struct Owner {
+            #[serde(default)]
+            customer_id: Option<String>,
+        }
+        self.embedded
+            .iter()
+            .filter(|((embedded_kind, id), _)| {
+                *embedded_kind == kind
+                    && !listed.contains(id)
+                    && !self.looked_up.contains(&(kind, id.clone()))
+            })
+            .map(|((_, id), (_, snapshot))| LiveRow {
+                id: id.clone(),
+                owner: serde_json::from_str::<Owner>(snapshot)
+                    .ok()
+                    .and_then(|o| o.customer_id)
+                    .unwrap_or_default(),
+                snapshot: snapshot.clone(),
+            })
+            .collect()
+    }
+
+    /// A snapshot of `row`'s object seen embedded during the scan that is
+    /// newer than the projection's.
+    fn newer_embedded(&self, kind: Kind, row: &LiveRow) -> Option<String> {
+        let (version, snapshot) = self.embedded.get(&(kind, row.id.clone()))?;
+        let held = serde_json::from_str::<Box<RawValue>>(&row.snapshot)
+            .ok()
+            .and_then(|raw| Versioned::of(&raw).ok());
+        match held {
+            Some(held) if held.version >= *version => None,
+            _ => Some(snapshot.clone()),
+        }
+    }
+
+    /// Notes, from one listed object, what later steps need: a deleted
+    /// customer embedded in it; a subscription with seats, or an order with
+    /// seats of its own (one bought once, not a subscription's order: that
+    /// subscription's seats are read under the subscription).
+    fn note_embedded(&mut self, kind: Kind, id: &str, item: &RawValue) {
+        #[derive(Deserialize)]
+        struct Embeds<'a> {
+            #[serde(default)]
+            seats: Option<i64>,
+            #[serde(borrow, default)]
+            subscription_id: Option<&'a str>,
+            #[serde(borrow, default)]
+            customer: Option<EmbeddedCustomer<'a>>,
+            #[serde(borrow, default)]
+            member: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            discount: Option<&'a RawValue>,
+        }
+        #[derive(Deserialize)]
+        struct EmbeddedCustomer<'a> {
+            id: &'a str,
+            #[serde(borrow, default)]
+            deleted_at: Option<&'a str>,
+        }
+        if !matches!(
+            kind,
+            Kind::Subscription | Kind::Order | Kind::BenefitGrant | Kind::Checkout | Kind::Seat
+        ) {
+            return;
+        }
+        let Ok(embeds) = serde_json::from_str::<Embeds<'_>>(item.get()) else {
+            return;
+        };
+        if let Some(customer) = embeds.customer.filter(|c| c.deleted_at.is_some()) {
+            self.seen_deleted_customers.insert(customer.id.to_owned());
+        }
+        for (embedded_kind, raw) in [
+            (Kind::Member, embeds.member),
+            (Kind::Discount, embeds.discount),
+        ] {
+            let Some(raw) = raw.filter(|r| r.get() != "null") else {
+                continue;
+            };
+            let Ok(object) = Versioned::of(raw) else {
+                continue;
+            };
+            let newest = self
+                .embedded
+                .entry((embedded_kind, object.id))
+                .or_insert_with(|| (object.version, raw.get().to_owned()));
+            if object.version > newest.0 {
+                *newest = (object.version, raw.get().to_owned());
+            }
+        }
+        if embeds.seats.is_none() {
+            return;
+        }
+        match kind {
+            Kind::Subscription => self.seat_owners.push(("subscription_id", id.to_owned())),
+            Kind::Order if embeds.subscription_id.is_none() => {
+                self.seat_owners.push(("order_id", id.to_owned()));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How the deletion of a kind Polar stops listing is found.
+#[derive(Debug, Clone, Copy)]
+struct Absences {
+    kind: Kind,
+    /// Its table in the live projection, and the column that names a row's
+    /// owner (a member's customer; else the row itself).
+    table: &'static str,
+    owner: &'static str,
+    /// The lookup that answers 404 once the object is gone.
+    get_path: fn(&LiveRow) -> String,
+}
+
+impl Absences {
+    /// The kinds Polar deletes without a trace in its lists. (Products and
+    /// benefits are archived or soft-deleted and stay listed; subscriptions,
+    /// orders and grants are never deleted.)
+    fn of(kind: Kind) -> Option<Self> {
+        let (table, owner, get_path): (_, _, fn(&LiveRow) -> String) = match kind {
+            Kind::Customer => ("customers", "id", |row| format!("/v1/customers/{}", row.id)),
+            Kind::Discount => ("discounts", "id", |row| format!("/v1/discounts/{}", row.id)),
+            Kind::Member => ("members", "customer_id", |row| {
+                format!("/v1/customers/{}/members/{}", row.owner, row.id)
+            }),
+            _ => return None,
+        };
+        Some(Self {
+            kind,
+            table,
+            owner,
+            get_path,
+        })
+    }
+}
+
+/// A live row of the projection: its id, its owner (a member's customer)
+/// and its last snapshot.
+#[derive(Debug, sqlx::FromRow)]
+struct LiveRow {
+    id: String,
+    owner: String,
+    snapshot: String,
+}
+
 /// The event that carries one scanned snapshot.
 fn snapshot_event(
+    api_version: &str,
     kind: Kind,
     object: &Versioned,
     item: &RawValue,
@@ -535,17 +936,34 @@ fn snapshot_event(
         object.id,
         instant(object.version)
     );
-    envelope_event(&kind.event_type(), &webhook_id, item.get(), answered_at)
+    envelope_event(
+        api_version,
+        &kind.event_type(item)?,
+        &webhook_id,
+        item.get(),
+        answered_at,
+    )
 }
 
-/// A `customer.deleted` for a customer Polar no longer has, built from its
-/// last snapshot as Polar builds one: `deleted_at` set, the external id
-/// cleared (kept in `metadata.__external_id`), versioned `since`. Its
-/// webhook-id names the version it supersedes, so two scans that both find
-/// the absence before it is projected append it once.
-fn absence_event(id: &str, last: &str, since: DateTime<Utc>) -> anyhow::Result<NewEvent> {
+/// A `*.deleted` for an object Polar no longer has, built from its last
+/// snapshot as Polar builds one. A customer's is versioned `since`, with
+/// `deleted_at` set and its external id cleared (kept in
+/// `metadata.__external_id`), as Polar's soft delete does. A discount's or
+/// member's keeps the last snapshot as it is (other objects embed it, and
+/// Polar serves it there as it last was) and wins over that snapshot by its
+/// later envelope time (`since`): a webhook with a newer version still wins.
+/// Its webhook-id names the version it supersedes, so two scans that both
+/// find the absence before it is projected append it once.
+fn absence_event(
+    api_version: &str,
+    kind: Kind,
+    last: &LiveRow,
+    since: DateTime<Utc>,
+) -> anyhow::Result<NewEvent> {
+    let id = &last.id;
     let mut snapshot: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(last).with_context(|| format!("the projection's customer {id}"))?;
+        serde_json::from_str(&last.snapshot)
+            .with_context(|| format!("the projection's {} {id}", kind.name()))?;
     let superseded = snapshot
         .get("modified_at")
         .filter(|v| !v.is_null())
@@ -554,34 +972,44 @@ fn absence_event(id: &str, last: &str, since: DateTime<Utc>) -> anyhow::Result<N
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map_or_else(|| "unknown".to_owned(), |t| instant(t.with_timezone(&Utc)));
     let at = serde_json::Value::String(instant(since));
-    if let Some(external) = snapshot
-        .get("external_id")
-        .cloned()
-        .filter(|v| !v.is_null())
-    {
-        let metadata = snapshot
-            .entry("metadata")
-            .or_insert_with(|| serde_json::json!({}));
-        if let Some(metadata) = metadata.as_object_mut() {
-            metadata.insert("__external_id".to_owned(), external);
+    if kind == Kind::Customer {
+        if let Some(external) = snapshot
+            .get("external_id")
+            .cloned()
+            .filter(|v| !v.is_null())
+        {
+            let metadata = snapshot
+                .entry("metadata")
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(metadata) = metadata.as_object_mut() {
+                metadata.insert("__external_id".to_owned(), external);
+            }
         }
+        snapshot.insert("external_id".to_owned(), serde_json::Value::Null);
+        snapshot.insert("deleted_at".to_owned(), at.clone());
+        snapshot.insert("modified_at".to_owned(), at);
     }
-    snapshot.insert("external_id".to_owned(), serde_json::Value::Null);
-    snapshot.insert("deleted_at".to_owned(), at.clone());
-    snapshot.insert("modified_at".to_owned(), at);
     let data = serde_json::to_string(&snapshot)?;
-    let webhook_id = format!("{SCAN_SOURCE}:customer:{id}:absent-after:{superseded}");
-    envelope_event("customer.deleted", &webhook_id, &data, since)
+    let name = kind.name();
+    let webhook_id = format!("{SCAN_SOURCE}:{name}:{id}:absent-after:{superseded}");
+    envelope_event(
+        api_version,
+        &format!("{name}.deleted"),
+        &webhook_id,
+        &data,
+        since,
+    )
 }
 
 fn envelope_event(
+    api_version: &str,
     event_type: &str,
     webhook_id: &str,
     data: &str,
     timestamp: DateTime<Utc>,
 ) -> anyhow::Result<NewEvent> {
     let body = format!(
-        r#"{{"type":"{event_type}","timestamp":"{}","api_version":"{API_VERSION}","data":{data}}}"#,
+        r#"{{"type":"{event_type}","timestamp":"{}","api_version":"{api_version}","data":{data}}}"#,
         instant(timestamp)
     );
     let parsed = envelope::parse(body.as_bytes())
@@ -600,22 +1028,54 @@ fn instant(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// Customers the live projection holds and has not seen deleted, with their
-/// snapshots. Empty when no projector has made the projection yet.
-async fn live_customers(pool: &PgPool) -> anyhow::Result<Vec<(String, String)>> {
-    let exists: bool = sqlx::query_scalar("select to_regclass('projection.customers') is not null")
-        .fetch_one(pool)
-        .await?;
-    if !exists {
-        tracing::warn!(
-            "no projection yet: deleted customers cannot be told from absent ones this time"
-        );
+/// The rows of `absences`' table the live projection holds and has not
+/// seen deleted. Empty when no projector has made the projection yet.
+async fn live_rows(pool: &PgPool, absences: Absences) -> anyhow::Result<Vec<LiveRow>> {
+    if !projection_exists(pool).await? {
+        if absences.kind == Kind::Customer {
+            tracing::warn!(
+                "no projection yet: deleted objects cannot be told from absent ones this time"
+            );
+        }
         return Ok(Vec::new());
     }
-    sqlx::query_as("select id, snapshot::text from projection.customers where deleted_at is null")
-        .fetch_all(pool)
-        .await
-        .context("cannot read the live projection's customers")
+    let Absences { table, owner, .. } = absences;
+    sqlx::query_as(&format!(
+        "select id, {owner} as owner, snapshot::text as snapshot
+         from projection.{table} where deleted_at is null"
+    ))
+    .fetch_all(pool)
+    .await
+    .with_context(|| format!("cannot read the live projection's {table}"))
+}
+
+/// Which of `ids` the live projection already holds as deleted (none when
+/// there is no projection yet).
+async fn deleted_rows(
+    pool: &PgPool,
+    absences: Absences,
+    ids: &[&str],
+) -> anyhow::Result<HashSet<String>> {
+    if ids.is_empty() || !projection_exists(pool).await? {
+        return Ok(HashSet::new());
+    }
+    let table = absences.table;
+    let deleted: Vec<String> = sqlx::query_scalar(&format!(
+        "select id from projection.{table} where id = any($1) and deleted_at is not null"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+    .with_context(|| format!("cannot read the live projection's {table}"))?;
+    Ok(deleted.into_iter().collect())
+}
+
+async fn projection_exists(pool: &PgPool) -> anyhow::Result<bool> {
+    Ok(
+        sqlx::query_scalar("select to_regclass('projection.customers') is not null")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 #[derive(Deserialize)]
@@ -633,7 +1093,11 @@ struct DeliveredEvent {
 
 /// Events for the log, by where they came from (counted apart).
 enum Batch {
+    /// Snapshots read from the lists: a duplicate is an unchanged object.
     Scan(Vec<NewEvent>),
+    /// Deletions found: a duplicate is one an earlier run found (and no
+    /// projector has applied yet), not an object seen.
+    Absences(Vec<NewEvent>),
     Deliveries(Vec<NewEvent>),
 }
 
@@ -664,9 +1128,10 @@ impl LogWriter {
         let task = tokio::spawn(async move {
             let mut written = Written::default();
             while let Some(batch) = batches.recv().await {
-                let (events, is_scan) = match &batch {
-                    Batch::Scan(events) => (events, true),
-                    Batch::Deliveries(events) => (events, false),
+                let events = match &batch {
+                    Batch::Scan(events) | Batch::Absences(events) | Batch::Deliveries(events) => {
+                        events
+                    }
                 };
                 if events.is_empty() {
                     continue;
@@ -681,12 +1146,16 @@ impl LogWriter {
                     .filter(|o| matches!(o, Appended::New { .. }))
                     .count() as u64;
                 let duplicates = outcomes.len() as u64 - new;
-                if is_scan {
-                    written.scan_appended += new;
-                    written.scan_duplicates += duplicates;
-                } else {
-                    written.deliveries_appended += new;
-                    written.deliveries_duplicates += duplicates;
+                match batch {
+                    Batch::Scan(_) => {
+                        written.scan_appended += new;
+                        written.scan_duplicates += duplicates;
+                    }
+                    Batch::Absences(_) => written.scan_appended += new,
+                    Batch::Deliveries(_) => {
+                        written.deliveries_appended += new;
+                        written.deliveries_duplicates += duplicates;
+                    }
                 }
             }
             Ok(written)
@@ -719,6 +1188,7 @@ mod tests {
         )
         .unwrap();
         let ea = snapshot_event(
+            "2026-10",
             Kind::Subscription,
             &Versioned::of(&a).unwrap(),
             &a,
@@ -726,6 +1196,7 @@ mod tests {
         )
         .unwrap();
         let eb = snapshot_event(
+            "2026-10",
             Kind::Subscription,
             &Versioned::of(&b).unwrap(),
             &b,
@@ -753,7 +1224,13 @@ mod tests {
     #[test]
     fn an_absence_is_polars_deletion_of_the_last_snapshot_as_of_the_scan() {
         let last = r#"{"id":"c1","created_at":"2026-01-01T00:00:00Z","modified_at":"2026-01-05T00:00:00Z","external_id":"usr_1","metadata":{"plan":"x"},"deleted_at":null}"#;
-        let event = absence_event("c1", last, t("2026-02-01T00:00:00Z")).unwrap();
+        let last = LiveRow {
+            id: "c1".into(),
+            owner: "c1".into(),
+            snapshot: last.into(),
+        };
+        let event =
+            absence_event("2027-01", Kind::Customer, &last, t("2026-02-01T00:00:00Z")).unwrap();
         assert_eq!(event.event_type, "customer.deleted");
         assert_eq!(
             event.webhook_id,
@@ -767,6 +1244,32 @@ mod tests {
         assert!(data["external_id"].is_null());
         assert_eq!(data["metadata"]["__external_id"], "usr_1");
         assert_eq!(data["metadata"]["plan"], "x");
-        assert_eq!(body["api_version"], API_VERSION);
+        assert_eq!(body["api_version"], "2027-01");
+    }
+
+    #[test]
+    fn a_vanished_member_is_deleted_as_it_was_and_keeps_its_external_id() {
+        let last = LiveRow {
+            id: "m1".into(),
+            owner: "c1".into(),
+            snapshot: r#"{"id":"m1","customer_id":"c1","created_at":"2026-01-01T00:00:00Z","modified_at":null,"external_id":"u1","email":"a@b.c","role":"member"}"#.into(),
+        };
+        let event =
+            absence_event("2026-10", Kind::Member, &last, t("2026-02-01T00:00:00Z")).unwrap();
+        assert_eq!(event.event_type, "member.deleted");
+        assert_eq!(
+            event.webhook_id,
+            "polar-api:member:m1:absent-after:2026-01-01T00:00:00.000000Z"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
+        assert!(body["data"]["modified_at"].is_null());
+        assert_eq!(body["timestamp"], "2026-02-01T00:00:00.000000Z");
+        assert_eq!(body["data"]["external_id"], "u1");
+        assert!(body["data"].get("deleted_at").is_none());
+        assert_eq!(
+            (Absences::of(Kind::Member).unwrap().get_path)(&last),
+            "/v1/customers/c1/members/m1"
+        );
+        assert!(Absences::of(Kind::Subscription).is_none());
     }
 }

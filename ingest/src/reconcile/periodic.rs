@@ -196,7 +196,7 @@ impl PeriodicReconcile {
                 reconcile
                     .events_appended
                     .inc_by(summary.appended + summary.deliveries.appended);
-                reconcile.customers_removed.inc_by(summary.removed);
+                reconcile.objects_removed.inc_by(summary.removed);
                 reconcile.last_success.set(Utc::now().timestamp() as f64);
                 tracing::info!("{summary}");
                 Ok(())

@@ -1,5 +1,6 @@
-//! A client for Polar's REST API (version 2026-10) that is polite by
-//! construction: one pacer for every request, so the client stays under the
+//! A client for Polar's REST API, pinned to one API version
+//! (`POLAR_API_VERSION`, sent as `Polar-Version` on every request), that is
+//! polite by construction: one pacer for every request, so the client stays under the
 //! configured rate; a `429` stops every request until its `Retry-After`
 //! window is over (so no second 429 lands in the same window); transient
 //! failures (5xx, timeouts, connection errors) are retried with backoff.
@@ -46,7 +47,7 @@ pub enum ApiError {
         path: String,
         body: String,
     },
-    #[error("Polar's answer to {path} is not what version 2026-10 sends: {reason}")]
+    #[error("Polar's answer to {path} is not what its API sends: {reason}")]
     Malformed { path: String, reason: String },
 }
 
@@ -117,6 +118,8 @@ pub struct PolarApi {
     spacing: Duration,
     /// How long one request's transient failures are retried.
     retry_for: Duration,
+    /// The `Polar-Version` every request sends.
+    version: String,
     pub stats: ApiStats,
 }
 
@@ -158,8 +161,14 @@ impl PolarApi {
             next_slot: Mutex::new(Instant::now()),
             spacing: Duration::from_secs_f64(60.0 / f64::from(settings.requests_per_minute)),
             retry_for: settings.retry_for,
+            version: settings.api_version.clone(),
             stats: ApiStats::default(),
         })
+    }
+
+    /// The API version every request asks for.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// One page (from 1) of a list endpoint such as `/v1/customers/`, with
@@ -231,6 +240,7 @@ impl PolarApi {
             .http
             .get(format!("{}{path}", self.base))
             .header(AUTHORIZATION, &self.authorization)
+            .header("polar-version", &self.version)
             .send()
             .await;
         let response = match sent {

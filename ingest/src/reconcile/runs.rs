@@ -45,6 +45,8 @@ fn summary_json(s: &Summary) -> serde_json::Value {
         "appended": s.appended,
         "unchanged": s.unchanged,
         "removed": s.removed,
+        "removed_by_kind": s.removed_by_kind,
+        "members_per_customer": s.members_per_customer,
         "missed_by_pages": s.missed_by_pages,
         "deliveries": {
             "attempts": s.deliveries.attempts,

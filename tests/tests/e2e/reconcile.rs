@@ -16,7 +16,10 @@ use hookstream_local::Pipeline;
 use hookstream_projector::rebuild::progress::{ProgressMode, ProgressReport};
 use hookstream_projector::rebuild::verify::{self as drift, VerifyOptions};
 use hookstream_shared::config::Settings;
-use hookstream_tests::{ServeApi, generate, pipeline_settings, polarsim_send, polarsim_verify};
+use hookstream_tests::{
+    ServeApi, generate, pipeline_settings, polarsim_compare, polarsim_send, polarsim_verify,
+    wait_until_projected,
+};
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
 const TOKEN: &str = "e2e-token-0123456789abcdef0123456789ab";
@@ -161,6 +164,14 @@ async fn an_existing_organization_is_imported_then_kept_current_by_webhooks(pool
     // From then on, webhooks only.
     send(&dir, &pipeline, &["--skip-first", &before_install]).await;
     assert_verified(&dir, &pipeline).await;
+    wait_until_projected(&pool).await.unwrap();
+    // Every read answers as Polar does now.
+    let now = ServeApi::start(&dir, API_TOKEN, &[]).unwrap();
+    let projector = format!("http://{}", pipeline.projector_address);
+    let compared = polarsim_compare(&dir, (&now.url, API_TOKEN), (&projector, TOKEN), 21, 800)
+        .await
+        .unwrap();
+    assert_eq!(compared.differ, 0, "{}", compared.report);
     assert_no_drift(&pool).await;
     pipeline.stop().await.unwrap();
 }
@@ -186,12 +197,74 @@ async fn a_disabled_endpoint_is_recovered_by_a_scan_and_a_second_scan_appends_no
     assert!(first.appended > 0, "{first}");
     assert_verified(&dir, &pipeline).await;
 
+    // Once the first scan's deletions are projected, nothing is left to find.
+    wait_until_projected(&pool).await.unwrap();
     let rows = log_rows(&pool).await;
     let second = reconcile(&pool, &settings, SCAN).await.unwrap();
     assert_eq!(second.appended, 0, "{second}");
     assert_eq!(second.removed, 0, "{second}");
     assert_eq!(second.unchanged, first.objects(), "{second}");
     assert_eq!(log_rows(&pool).await, rows, "the second scan appended");
+    assert_no_drift(&pool).await;
+    pipeline.stop().await.unwrap();
+}
+
+/// Polar as polar-sdk 1.0.x knows it: no flat member list, so members are
+/// read customer by customer; read in API version 2027-01 beside webhooks
+/// of 2026-10. After the scan, every read Polar's SDK makes answers as
+/// Polar's would.
+#[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
+async fn after_a_scan_in_2027_01_without_the_member_list_every_read_is_polars(pool: PgPool) {
+    hookstream_shared::telemetry::init_for_tests();
+    let dir = stream(25, 80);
+    let n = lines(&dir);
+    let pipeline = Pipeline::start_with_pool(reconcile_pipeline_settings(), pool.clone())
+        .await
+        .unwrap();
+    send(
+        &dir,
+        &pipeline,
+        &["--drop-range", &format!("{}:{}", n / 3, 2 * n / 3)],
+    )
+    .await;
+    let api = ServeApi::start(&dir, API_TOKEN, &["--members-list", "gone"]).unwrap();
+    let settings = polar_settings(&api.url, &[("POLAR_API_VERSION", "2027-01")]);
+    let summary = reconcile(&pool, &settings, SCAN).await.unwrap();
+    assert!(summary.members_per_customer, "{summary}");
+    for kind in ["member", "discount", "refund", "customer_seat", "meter"] {
+        assert!(
+            summary.seen.contains_key(kind),
+            "{kind} not read: {summary}"
+        );
+    }
+    assert!(summary.seen["customer_seat"] > 0, "{summary}");
+    // Every request asked for the configured version.
+    let stats: serde_json::Value = reqwest::get(format!("{}/__polarsim/stats", api.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["without_polar_version"], 0, "{stats}");
+    assert_eq!(
+        stats["by_api_version"]["2027-01"], stats["total"],
+        "{stats}"
+    );
+    // ...and the scan's events say which.
+    let versions: Vec<Option<String>> =
+        sqlx::query_scalar("select distinct api_version from event_log where source = 'polar-api'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![Some("2027-01".to_owned())]);
+
+    wait_until_projected(&pool).await.unwrap();
+    assert_verified(&dir, &pipeline).await;
+    let projector = format!("http://{}", pipeline.projector_address);
+    let compared = polarsim_compare(&dir, (&api.url, API_TOKEN), (&projector, TOKEN), 25, 1200)
+        .await
+        .unwrap();
+    assert_eq!(compared.differ, 0, "{}", compared.report);
     assert_no_drift(&pool).await;
     pipeline.stop().await.unwrap();
 }
@@ -212,7 +285,7 @@ async fn customers_deleted_while_the_endpoint_was_disabled_are_removed(pool: PgP
         .await
         .unwrap();
     send(&dir, &pipeline, &["--limit", &first_deletion.to_string()]).await;
-    wait_until_projected(&pool).await;
+    wait_until_projected(&pool).await.unwrap();
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let deleted_in_polar: Vec<String> = expected["customers"]
@@ -238,33 +311,15 @@ async fn customers_deleted_while_the_endpoint_was_disabled_are_removed(pool: PgP
     let summary = reconcile(&pool, &polar_settings(&api.url, &[]), SCAN)
         .await
         .unwrap();
-    assert_eq!(summary.removed as usize, live_here.len(), "{summary}");
+    assert_eq!(
+        summary.removed_by_kind["customer"] as usize,
+        live_here.len(),
+        "{summary}"
+    );
     assert_eq!(summary.missed_by_pages, 0, "{summary}");
     assert_verified(&dir, &pipeline).await;
     assert_no_drift(&pool).await;
     pipeline.stop().await.unwrap();
-}
-
-/// Waits until the projector has applied everything in the log.
-async fn wait_until_projected(pool: &PgPool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (logged, applied): (i64, i64) = sqlx::query_as(
-            "select (select count(*) from event_log),
-                    (select coalesce(sum(messages_applied), 0)::bigint from projector_offsets)",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if applied >= logged {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "applied {applied} of {logged}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
@@ -461,7 +516,23 @@ async fn bad_tokens_unreachable_apis_and_malformed_pages_fail_clearly_and_a_reru
         .await
         .unwrap();
     assert_eq!(rerun.unchanged as i64, partial, "{rerun}");
-    assert_eq!(log_rows(&pool).await, rerun.objects() as i64);
+    assert_eq!(
+        log_rows(&pool).await,
+        partial + rerun.appended as i64,
+        "{rerun}"
+    );
+    // Everything read is in the log once; so is each deletion found.
+    let absences: i64 = sqlx::query_scalar(
+        "select count(*) from event_log where webhook_id like 'polar-api:%:absent-after:%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        log_rows(&pool).await,
+        rerun.objects() as i64 + absences,
+        "{rerun}"
+    );
 }
 
 /// How [`BrokenApi`] misbehaves.
@@ -504,24 +575,21 @@ impl BrokenApi {
                         && target.starts_with("/v1/customers/");
                     let (status, body) = if failing {
                         (
-                            "503 Service Unavailable",
+                            "503 Service Unavailable".to_owned(),
                             br#"{"detail":"try again"}"#.to_vec(),
                         )
                     } else if malformed {
-                        ("200 OK", br#"{"items": "not a list"}"#.to_vec())
+                        ("200 OK".to_owned(), br#"{"items": "not a list"}"#.to_vec())
                     } else {
+                        let answer = client
+                            .get(format!("{upstream}{target}"))
+                            .bearer_auth(API_TOKEN)
+                            .send()
+                            .await
+                            .unwrap();
                         (
-                            "200 OK",
-                            client
-                                .get(format!("{upstream}{target}"))
-                                .bearer_auth(API_TOKEN)
-                                .send()
-                                .await
-                                .unwrap()
-                                .bytes()
-                                .await
-                                .unwrap()
-                                .to_vec(),
+                            answer.status().to_string(),
+                            answer.bytes().await.unwrap().to_vec(),
                         )
                     };
                     let head = format!(

@@ -8,6 +8,7 @@ mod consumer;
 mod families;
 mod helpers;
 mod hostile;
+mod imported;
 mod members;
 mod order_independence;
 mod poison;

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use hookstream_local::Pipeline;
 use hookstream_tests::{
     ServeApi, generate, pipeline_settings, polarsim_compare, polarsim_send, polarsim_verify,
-    ts_sdk_check, wait_until_projected,
+    read_events, ts_sdk_check, wait_until_projected,
 };
 
 const SECRET: &str = "polar_whs_ovyN6cPrTv56AApvzCaJno08SSmGJmgbWilb33N2JuK";
@@ -23,10 +23,27 @@ const REFERENCE_TOKEN: &str = "polar_oat_replica_reference";
 const CALLS: u32 = 1200;
 
 /// Delivers seed `seed`'s stream as Polar does (duplicates, reordering),
-/// written in API version `api_version`, and compares every read.
-async fn webhooks_then_compare(pool: PgPool, seed: u32, api_version: &str) -> PathBuf {
+/// written in API version `api_version`, and compares every read. The
+/// stream must hold each of `covers`, the event types the seed is chosen for.
+async fn webhooks_then_compare(
+    pool: PgPool,
+    seed: u32,
+    api_version: &str,
+    covers: &[&str],
+) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("replica-seed{seed}-80"));
     generate(&dir, seed, 80, 90).unwrap();
+    let types: std::collections::BTreeSet<String> = read_events(&dir.join("events.jsonl"))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+    for event_type in covers {
+        assert!(
+            types.contains(*event_type),
+            "seed {seed} has no {event_type}"
+        );
+    }
     let topic = format!("e2e-replica-{}", uuid::Uuid::new_v4());
     let pipeline =
         Pipeline::start_with_pool(pipeline_settings(&topic, SECRET, TOKEN, &[]), pool.clone())
@@ -86,7 +103,22 @@ async fn webhooks_then_compare(pool: PgPool, seed: u32, api_version: &str) -> Pa
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
 async fn polars_sdks_read_webhooks_of_2026_10_exactly_as_polar_serves_them(pool: PgPool) {
     hookstream_shared::telemetry::init_for_tests();
-    webhooks_then_compare(pool, 1, "2026-10").await;
+    let covers = [
+        "subscription.migrated",
+        "subscription.paused",
+        "subscription.resumed",
+        "order.refunded",
+        "refund.created",
+        "refund.updated",
+        "discount.created",
+        "discount.updated",
+        "discount.deleted",
+        "benefit.updated",
+        "organization.updated",
+        "member.deleted",
+        "customer.deleted",
+    ];
+    webhooks_then_compare(pool, 1, "2026-10", &covers).await;
 }
 
 /// Webhooks of an endpoint set to 2027-01 carry its seat-price shapes; a
@@ -94,5 +126,13 @@ async fn polars_sdks_read_webhooks_of_2026_10_exactly_as_polar_serves_them(pool:
 #[sqlx::test(migrator = "hookstream_shared::db::MIGRATOR")]
 async fn polars_sdks_read_webhooks_of_2027_01_exactly_as_polar_serves_them(pool: PgPool) {
     hookstream_shared::telemetry::init_for_tests();
-    webhooks_then_compare(pool, 3, "2027-01").await;
+    let covers = [
+        "subscription.migrated",
+        "benefit_grant.updated",
+        "benefit.updated",
+        "customer_seat.claimed",
+        "refund.updated",
+        "discount.deleted",
+    ];
+    webhooks_then_compare(pool, 7, "2027-01", &covers).await;
 }

@@ -12,9 +12,12 @@ use sqlx::{Executor as _, PgConnection, PgPool};
 
 use super::families::Table;
 
-/// Version of `generation.sql`. A live generation built with another version
-/// must be rebuilt (`projector replay`) before this binary serves it.
-pub const DDL_VERSION: i32 = 4;
+/// Version of a generation's DDL (the families' object tables and
+/// `generation.sql`). A live generation built with another version must be
+/// rebuilt (`projector replay`) before this binary serves it. The test
+/// `the_ddl_version_changes_with_the_ddl` fails until it is raised when the
+/// DDL changes.
+pub const DDL_VERSION: i32 = 5;
 
 /// What reads across the object tables: states, failures, the effective views.
 const CROSS_FAMILY_DDL: &str = include_str!("generation.sql");
@@ -437,4 +440,28 @@ pub async fn drop_generation(pool: &PgPool, generation: &Generation) -> anyhow::
         .await?;
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest as _, Sha256};
+
+    use super::*;
+
+    /// The DDL each version stands for. A change to any family's columns
+    /// or indexes, or to `generation.sql`, changes this fingerprint: raise
+    /// [`DDL_VERSION`] (an old generation then asks for a replay rather
+    /// than failing queries), then record the new fingerprint here.
+    #[test]
+    fn the_ddl_version_changes_with_the_ddl() {
+        let fingerprint: String = Sha256::digest(ddl().as_bytes())[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            (DDL_VERSION, fingerprint.as_str()),
+            (5, "f39a4a7c42954fd4"),
+            "the projection DDL changed: raise DDL_VERSION and record its fingerprint"
+        );
+    }
 }
